@@ -1,0 +1,127 @@
+"""Labeled image sets: the one in-memory type every strategy, evaluation protocol and front end passes around.
+
+An :class:`ImageSet` is a list of image files with their sha256 and label. It comes from an ImageFolder tree
+(:meth:`ImageSet.from_folder`) or from a project in the store; strategies read pixels through :meth:`ImageSet.load`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .images import ImageError, is_image_name, load_image, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path
+    sha256: str
+    label: str | None = None  # None: unlabeled
+
+
+class DataError(ValueError):
+    """The data cannot be used for the requested operation; the message says what to add or change."""
+
+
+class ImageSet:
+    """An ordered collection of image files with optional labels."""
+
+    def __init__(self, records: Iterable[ImageRecord]):
+        self.records: list[ImageRecord] = list(records)
+
+    @classmethod
+    def from_folder(cls, root: str | Path, *, skipped: list[str] | None = None) -> "ImageSet":
+        """Read the torchvision ImageFolder layout: one sub-folder per class; loose files are unlabeled.
+
+        Files that are not images are skipped and listed in ``skipped`` (name: reason) when given.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{root} is not a folder. Pass a folder with one sub-folder of images per class.")
+        records = []
+        for path in sorted(root.rglob("*")):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            relative = path.relative_to(root)
+            label = relative.parts[0] if len(relative.parts) > 1 else None
+            if not is_image_name(path.name):
+                if skipped is not None:
+                    skipped.append(f"{relative}: not an image extension")
+                continue
+            records.append(ImageRecord(path=path, sha256=sha256_file(path), label=label))
+        if not records:
+            raise DataError(f"{root} holds no images. Put images in one sub-folder per class (ImageFolder layout).")
+        return cls(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> ImageRecord:
+        return self.records[index]
+
+    @property
+    def labels(self) -> list[str | None]:
+        return [record.label for record in self.records]
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({record.label for record in self.records if record.label is not None})
+
+    @property
+    def shas(self) -> list[str]:
+        return [record.sha256 for record in self.records]
+
+    def class_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(r.label for r in self.records if r.label is not None).items()))
+
+    def labeled(self) -> "ImageSet":
+        return ImageSet(r for r in self.records if r.label is not None)
+
+    def unlabeled(self) -> "ImageSet":
+        return ImageSet(r for r in self.records if r.label is None)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "ImageSet":
+        return ImageSet(self.records[int(i)] for i in indices)
+
+    def label_indices(self, classes: Sequence[str] | None = None) -> np.ndarray:
+        """Labels as integer indices into ``classes`` (default: this set's sorted classes), shape (n,)."""
+        classes = list(classes if classes is not None else self.classes)
+        lookup = {name: index for index, name in enumerate(classes)}
+        try:
+            return np.array([lookup[r.label] for r in self.records], dtype=np.int64)
+        except KeyError as error:
+            raise DataError(f"label {error.args[0]!r} is not one of the classes {classes}.") from None
+
+    def load(self, index: int) -> Image.Image:
+        return load_image(self.records[index].path)
+
+    def check_trainable(self, *, min_per_class: int = 1) -> None:
+        """Raise :class:`DataError` unless there are two classes with ``min_per_class`` images each."""
+        counts = self.class_counts()
+        if len(counts) < 2:
+            raise DataError(f"training needs at least 2 classes, found {len(counts)} ({list(counts)}). "
+                            "Add images for another class.")
+        small = [name for name, count in counts.items() if count < min_per_class]
+        if small:
+            raise DataError(f"classes {small} have fewer than {min_per_class} images. "
+                            f"Add images to them or remove them.")
+
+
+def drop_unreadable(images: ImageSet) -> tuple[ImageSet, list[str]]:
+    """Return the readable images and 'path: reason' for each one that failed to decode."""
+    kept, problems = [], []
+    for record in images.records:
+        try:
+            load_image(record.path)
+            kept.append(record)
+        except ImageError as error:
+            problems.append(str(error))
+    return ImageSet(kept), problems

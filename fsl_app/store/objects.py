@@ -1,0 +1,151 @@
+"""Content-addressed image files: ``objects/ab/abcdef...<ext>`` holds the original bytes, written atomically.
+
+A file is written to a temporary name in its final folder, flushed to disk and renamed into place, so a reader (or a
+process killed half-way) never sees a partial image. Deleting goes through a tombstone folder (``deleted/``): the
+file is moved there inside the database transaction that deletes its row, and removed after the commit, so a crash
+in between can always be repaired by :meth:`ObjectStore.recover_tombstones`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+from ..images import load_image, thumbnail
+
+THUMBNAIL_SIZE = 160
+TEMP_PREFIX = ".tmp-"
+
+
+class ObjectStore:
+    """The files of one project: originals under ``objects/``, thumbnail cache under ``thumbs/``."""
+
+    def __init__(self, project_dir: str | Path):
+        self.project_dir = Path(project_dir)
+        self.objects_dir = self.project_dir / "objects"
+        self.thumbs_dir = self.project_dir / "thumbs"
+        self.deleted_dir = self.project_dir / "deleted"
+
+    def path(self, sha256: str, ext: str) -> Path:
+        return self.objects_dir / sha256[:2] / f"{sha256}{ext}"
+
+    def write(self, sha256: str, ext: str, data: bytes) -> Path:
+        """Store ``data`` under its hash (idempotent: an existing complete file is kept)."""
+        target = self.path(sha256, ext)
+        if target.is_file() and target.stat().st_size == len(data):
+            return target
+        atomic_write_bytes(target, data)
+        return target
+
+    def tombstone(self, sha256: str, ext: str) -> Path | None:
+        """Move an object aside before its row is deleted; returns the tombstone path (None if it was missing)."""
+        source = self.path(sha256, ext)
+        target = self.deleted_dir / source.name
+        self.deleted_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:
+            return None
+        return target
+
+    def recover_tombstones(self, referenced_names: set[str]) -> tuple[int, int]:
+        """Put back tombstoned files still referenced (crash before commit); remove the rest. Returns (restored, removed)."""
+        restored = removed = 0
+        for tomb in self._files_in(self.deleted_dir):
+            sha256, ext = split_object_name(tomb.name)
+            target = self.path(sha256, ext)
+            if tomb.name in referenced_names and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tomb, target)
+                restored += 1
+            else:
+                tomb.unlink(missing_ok=True)
+                removed += 1
+        return restored, removed
+
+    def iter_objects(self) -> Iterator[Path]:
+        """Every stored original (temporary files excluded)."""
+        for shard in self._dirs_in(self.objects_dir):
+            for path in self._files_in(shard):
+                if not path.name.startswith("."):
+                    yield path
+
+    def iter_temp_files(self, *, older_than_s: float) -> Iterator[Path]:
+        """Leftovers of writes interrupted by a crash (younger ones may belong to a write in progress)."""
+        cutoff = time.time() - older_than_s
+        for folder in [*self._dirs_in(self.objects_dir), *self._dirs_in(self.thumbs_dir)]:
+            for path in self._files_in(folder):
+                if path.name.startswith(TEMP_PREFIX) and _mtime(path) < cutoff:
+                    yield path
+
+    def thumbnail_path(self, sha256: str, ext: str, *, size: int = THUMBNAIL_SIZE) -> Path:
+        """JPEG thumbnail of an object, created on first use and cached under ``thumbs/``."""
+        target = self.thumbs_dir / sha256[:2] / f"{sha256}-{size}.jpg"
+        if not target.is_file():
+            small = thumbnail(load_image(self.path(sha256, ext)), size)
+            buffer = io.BytesIO()
+            small.save(buffer, format="JPEG", quality=85)
+            atomic_write_bytes(target, buffer.getvalue(), durable=False)
+        return target
+
+    def iter_thumbnails(self) -> Iterator[Path]:
+        for shard in self._dirs_in(self.thumbs_dir):
+            for path in self._files_in(shard):
+                if not path.name.startswith("."):
+                    yield path
+
+    @staticmethod
+    def _dirs_in(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    @staticmethod
+    def _files_in(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
+def split_object_name(file_name: str) -> tuple[str, str]:
+    """'<64 hex digits><ext>' -> (sha256, ext)."""
+    return file_name[:64], file_name[64:]
+
+
+def atomic_write_bytes(target: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write via a temp file in the same folder + fsync + ``os.replace``: the target is complete or absent."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
+    try:
+        with os.fdopen(handle, "wb") as temp:
+            temp.write(data)
+            temp.flush()
+            if durable:
+                os.fsync(temp.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_directory(target.parent)
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")

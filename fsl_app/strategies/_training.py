@@ -1,0 +1,75 @@
+"""Training helpers shared by the strategies that update backbone weights (finetune, episodic ProtoNet)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import albumentations as A
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..augment import apply
+from ..features import eval_transform
+
+
+class AugmentedImages(Dataset):
+    """Decoded images with integer labels; each access draws a fresh augmentation. Item: ((3, H, W), label)."""
+
+    def __init__(self, images: Sequence[Image.Image], labels: Sequence[int], data_config: dict,
+                 pipeline: A.Compose | None):
+        self.images = list(images)
+        self.labels = list(labels)
+        self.pipeline = pipeline
+        self.transform = eval_transform(data_config)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index]
+        if self.pipeline is not None:
+            image = apply(self.pipeline, image)
+        return self.transform(image), self.labels[index]
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up to the base learning rate, then cosine decay to zero."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Keep BatchNorm statistics fixed: batches of a few-shot task are too small to estimate them."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def l2sp_penalty(model: nn.Module, reference: dict[str, torch.Tensor]) -> torch.Tensor:
+    """L2-SP (Li et al. 2018): sum of ||theta - theta_0||^2 over the trainable pretrained parameters."""
+    terms = [((p - reference[n]) ** 2).sum() for n, p in model.named_parameters()
+             if p.requires_grad and n in reference]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def stratified_validation_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train / validation indices holding out ``fraction`` of each class that has at least 3 images."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        n_val = int(round(len(members) * fraction)) if len(members) >= 3 else 0
+        n_val = max(1, n_val) if len(members) >= 3 and fraction > 0 else n_val
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    return np.array(sorted(train)), np.array(sorted(val), dtype=np.int64)

@@ -1,0 +1,211 @@
+"""Fine-tuning: the pretrained timm backbone with a new classification head, trained on the user's images.
+
+Transfer learning as in Kornblith et al., "Do Better ImageNet Models Transfer Better?" (CVPR 2019) and the few-shot
+"baseline" of Chen et al., "A Closer Look at Few-shot Classification" (ICLR 2019): train only the head, the last N
+layer groups, or the whole network. AdamW with linear warm-up and cosine decay, label smoothing, train-time
+augmentation (albumentations), BatchNorm statistics frozen (few-shot batches are too small to estimate them), optional
+L2-SP (Li et al., ICML 2018) that pulls the weights toward their pretrained values, early stopping on a stratified
+validation split, AMP on CUDA. The fitted model is itself the exported module.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from timm.models import group_parameters
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..augment import build_augment, seed_pipeline
+from ..backbones import Backbone
+from ..dataset import ImageSet
+from ..features import eval_transform, pick_device
+from ._registry import register_strategy
+from ._training import (AugmentedImages, freeze_batchnorm, l2sp_penalty, stratified_validation_split,
+                        warmup_cosine)
+from .base import OnStep, StepLog, Strategy
+
+MODES = ("head", "last_n", "full")
+
+
+@register_strategy
+class FineTune(Strategy):
+    name = "finetune"
+    uses_frozen_features = False
+
+    def __init__(self, *, mode: str = "last_n", last_n: int = 2, epochs: int = 15, lr: float = 1e-3,
+                 backbone_lr_scale: float = 0.1, weight_decay: float = 0.01, warmup_epochs: int = 1,
+                 label_smoothing: float = 0.1, l2sp: float = 0.0, augment: dict | str | None = "light",
+                 batch_size: int = 16, patience: int = 5, val_fraction: float = 0.2, seed: int = 0):
+        self.mode = mode
+        self.last_n = last_n
+        self.epochs = epochs
+        self.lr = lr
+        self.backbone_lr_scale = backbone_lr_scale
+        self.weight_decay = weight_decay
+        self.warmup_epochs = warmup_epochs
+        self.label_smoothing = label_smoothing
+        self.l2sp = l2sp
+        self.augment = augment
+        self.batch_size = batch_size
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.seed = seed
+
+    # --- training ---
+    def fit(self, support: ImageSet, *, backbone: Backbone, on_step: OnStep = None) -> "FineTune":
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        support.check_trainable()
+        torch.manual_seed(self.seed)
+        self.classes_ = support.classes
+        self.backbone_ = backbone
+        y = support.label_indices(self.classes_)
+        images = [support.load(i) for i in range(len(support))]
+        train_idx, val_idx = stratified_validation_split(y, self.val_fraction, self.seed)
+        model = self._build_model(backbone, len(self.classes_))
+        self.model_ = self._train(model, images, y, train_idx, val_idx, on_step).eval().cpu()
+        return self
+
+    def _build_model(self, backbone: Backbone, n_classes: int) -> nn.Module:
+        model = copy.deepcopy(backbone.model)
+        model.reset_classifier(n_classes)
+        head = {id(p) for p in model.get_classifier().parameters()}
+        trainable = self._trainable_names(model)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(id(parameter) in head or name in trainable)
+        return model
+
+    def _trainable_names(self, model: nn.Module) -> set[str]:
+        if self.mode == "full":
+            return {name for name, _ in model.named_parameters()}
+        if self.mode == "head":
+            return set()
+        groups = group_parameters(model, model.group_matcher(coarse=True))
+        ordered = [groups[key] for key in sorted(groups)]
+        return {name for group in ordered[-self.last_n:] for name in group} if self.last_n > 0 else set()
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        head = {id(p) for p in model.get_classifier().parameters()}
+        body = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
+        groups = [{"params": list(model.get_classifier().parameters()), "lr": self.lr}]
+        if body:
+            groups.append({"params": body, "lr": self.lr * self.backbone_lr_scale})
+        return torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+
+    def _train(self, model, images, y, train_idx, val_idx, on_step) -> nn.Module:
+        device = pick_device()
+        on_cuda = device.type == "cuda"
+        model = model.to(device)
+        if on_cuda:
+            model = model.to(memory_format=torch.channels_last)
+        pipeline = build_augment(self.augment)
+        seed_pipeline(pipeline, self.seed)
+        train_set = AugmentedImages([images[i] for i in train_idx], y[train_idx].tolist(),
+                                    self.backbone_.data_config, pipeline)
+        loader = DataLoader(train_set, batch_size=self.batch_size, shuffle=True, drop_last=False,
+                            generator=torch.Generator().manual_seed(self.seed), pin_memory=on_cuda)
+        val_batch = self._val_batch(images, y, val_idx)
+        optimizer = self._optimizer(model)
+        total = self.epochs * len(loader)
+        scheduler = warmup_cosine(optimizer, self.warmup_epochs * len(loader), total)
+        scaler = torch.amp.GradScaler(enabled=on_cuda)
+        reference = {n: p.detach().clone() for n, p in model.named_parameters()
+                     if p.requires_grad and not n.startswith(_classifier_prefix(model))}
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+        best_state, best_score, stale, step = None, -1.0, 0, 0
+        for epoch in range(1, self.epochs + 1):
+            model.train()
+            freeze_batchnorm(model)
+            losses, correct, seen = [], 0, 0
+            for batch, labels in loader:
+                batch, labels = batch.to(device, non_blocking=True), labels.to(device)
+                if on_cuda:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, enabled=on_cuda):
+                    logits = model(batch)
+                    loss = loss_fn(logits, labels)
+                if self.l2sp > 0:
+                    loss = loss + self.l2sp * l2sp_penalty(model, reference)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                losses.append(loss.item())
+                correct += (logits.argmax(1) == labels).sum().item()
+                seen += len(labels)
+            val_acc = self._accuracy(model, val_batch, device)
+            if on_step:
+                on_step(StepLog(step=step, epoch=epoch, loss=float(np.mean(losses)), train_acc=correct / seen,
+                                val_acc=val_acc, lr=scheduler.get_last_lr()[0]))
+            score = val_acc if val_acc is not None else -float(np.mean(losses))
+            if score > best_score:
+                best_score, stale = score, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+                if val_acc is not None and stale >= self.patience:
+                    break
+        if best_state is not None and val_batch is not None:
+            model.load_state_dict(best_state)
+        return model
+
+    def _val_batch(self, images, y, val_idx):
+        if len(val_idx) == 0:
+            return None
+        transform = eval_transform(self.backbone_.data_config)
+        return torch.stack([transform(images[i]) for i in val_idx]), torch.as_tensor(y[val_idx])
+
+    @staticmethod
+    def _accuracy(model, val_batch, device) -> float | None:
+        if val_batch is None:
+            return None
+        model.eval()
+        with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
+            predictions = model(val_batch[0].to(device)).argmax(1).cpu()
+        return float((predictions == val_batch[1]).float().mean())
+
+    # --- prediction ---
+    def predict_proba(self, images_or_features: ImageSet | torch.Tensor) -> torch.Tensor:
+        """Probabilities (n, n_classes) for an ImageSet or a preprocessed batch (n, 3, H, W)."""
+        self.check_is_fitted()
+        batch = images_or_features
+        if isinstance(images_or_features, ImageSet):
+            batch = self._preprocess(images_or_features)
+        with torch.inference_mode():
+            return torch.cat([torch.softmax(self.model_(batch[i:i + 64]).float(), 1)
+                              for i in range(0, len(batch), 64)]) if len(batch) else torch.zeros(0, len(self.classes_))
+
+    def _preprocess(self, images: ImageSet) -> torch.Tensor:
+        transform = eval_transform(self.backbone_.data_config)
+        return torch.stack([transform(images.load(i)) for i in range(len(images))]) if len(images) else \
+            torch.zeros(0, *self.backbone_.input_size)
+
+    def embed(self, images: ImageSet) -> torch.Tensor:
+        """Pooled features of the fine-tuned network, (n, num_features)."""
+        self.check_is_fitted()
+        with torch.inference_mode():
+            return self.model_.forward_head(self.model_.forward_features(self._preprocess(images)), pre_logits=True)
+
+    def to_module(self) -> nn.Module:
+        self.check_is_fitted()
+        return copy.deepcopy(self.model_).eval()
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.model_.state_dict())
+
+    def _restore(self, meta: dict, tensors: dict[str, torch.Tensor], backbone: Backbone) -> None:
+        self.backbone_ = backbone
+        model = copy.deepcopy(backbone.model)
+        model.reset_classifier(len(self.classes_))
+        model.load_state_dict(tensors)
+        self.model_ = model.eval()
+
+
+def _classifier_prefix(model: nn.Module) -> str:
+    classifier = model.default_cfg.get("classifier", "classifier")
+    return (classifier[0] if isinstance(classifier, (list, tuple)) else classifier) + "."
