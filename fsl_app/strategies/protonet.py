@@ -42,6 +42,11 @@ class ProtoNet(FeatureStrategy):
         self.finetune_lr = finetune_lr
         self.seed = seed
 
+    @property
+    def uses_frozen_features(self) -> bool:
+        """Without episodic fine-tuning, ProtoNet only needs cached frozen features."""
+        return self.finetune_episodes <= 0
+
     def fit(self, support: ImageSet, *, backbone: Backbone, on_step: OnStep = None) -> "ProtoNet":
         if self.finetune_episodes > 0:
             support.check_trainable(min_per_class=2)

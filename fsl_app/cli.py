@@ -1,0 +1,265 @@
+"""``fsl-app``: the command-line front end over the same core as the UI.
+
+    fsl-app train DATA_DIR --strategy NAME [--backbone NAME] [--weights auto|random|PATH] [--out RUN_DIR] [--seed N]
+    fsl-app evaluate DATA_DIR --strategy NAME --n-way N --k-shot K [--queries Q] [--episodes E] [--json]
+    fsl-app export RUN_DIR --format onnx|torchscript|bundle --out PATH
+    fsl-app predict MODEL_PATH IMAGE_OR_DIR... [--json]
+    fsl-app ui
+
+DATA_DIR is an ImageFolder tree (one sub-folder per class) or the name of a project in the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _parse_params(pairs: Sequence[str]) -> dict:
+    params = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UserError(f"--param {pair!r} must look like name=value, e.g. --param C=1.0")
+        key, raw = pair.split("=", 1)
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    from .backbones import DEFAULT_BACKBONE
+
+    parser.add_argument("data", metavar="DATA_DIR", help="ImageFolder tree or project name")
+    parser.add_argument("--strategy", required=True, help="linear, protonet, finetune, ...")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help="timm model name (default: %(default)s)")
+    parser.add_argument("--weights", default="auto", help="auto | package | hub | hub-cache | random | PATH")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="strategy hyperparameter, repeatable (e.g. --param classifier=svm)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--home", default=None, help="project store folder (default: $FSL_APP_HOME)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fsl-app", description="Few-shot image classification studio.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="evaluate, fit and save a run folder")
+    _add_model_options(train)
+    train.add_argument("--out", default=None, help="run folder to create (default: runs/<time>-<strategy>)")
+    train.add_argument("--protocol", default="auto", choices=["auto", "loo", "kfold", "holdout"])
+    train.add_argument("--json", action="store_true", help="print the final metrics as JSON, no progress bars")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="N-way K-shot episodes: mean accuracy and 95%% CI")
+    _add_model_options(evaluate)
+    evaluate.add_argument("--n-way", type=int, required=True)
+    evaluate.add_argument("--k-shot", type=int, required=True)
+    evaluate.add_argument("--queries", type=int, default=15)
+    evaluate.add_argument("--episodes", type=int, default=300)
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="top-k labels for images with a run or exported model")
+    predict.add_argument("model", metavar="MODEL_PATH", help="run folder, .onnx, .pt (TorchScript) or bundle .zip")
+    predict.add_argument("images", metavar="IMAGE_OR_DIR", nargs="*")
+    predict.add_argument("--batch", metavar="DIR", default=None, help="predict every image under DIR")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--json", action="store_true")
+    predict.set_defaults(handler=cmd_predict)
+
+    ui = commands.add_parser("ui", help="start the Streamlit studio (same as streamlit run app.py)")
+    ui.add_argument("--port", type=int, default=8501)
+    ui.add_argument("--address", default="127.0.0.1")
+    ui.set_defaults(handler=cmd_ui)
+
+    _add_optional_commands(commands)
+    return parser
+
+
+def _add_optional_commands(commands) -> None:
+    """Commands whose modules live elsewhere (export, store, benchmarks)."""
+    from .export import add_export_command
+
+    add_export_command(commands)
+    try:
+        from .store.cli import add_store_commands
+    except ImportError:  # store CLI not written yet
+        return
+    add_store_commands(commands)
+
+
+def _resolve_images(data: str, home: str | None):
+    from .dataset import ImageSet
+
+    if Path(data).is_dir():
+        return ImageSet.from_folder(data)
+    from .store import resolve_image_set
+
+    return resolve_image_set(data, home=home)
+
+
+def _strategy_and_backbone(args):
+    from .backbones import load_backbone
+    from .strategies import create_strategy
+
+    params = _parse_params(args.param)
+    if "seed" in _strategy_param_names(args.strategy) and "seed" not in params:
+        params["seed"] = args.seed
+    strategy = create_strategy(args.strategy, **params)
+    return strategy, load_backbone(args.backbone, args.weights)
+
+
+def _strategy_param_names(name: str) -> list[str]:
+    from .strategies import get_strategy_class
+
+    return get_strategy_class(name).param_names()
+
+
+def cmd_train(args) -> int:
+    from .runs import new_run_name, train_run
+
+    images = _resolve_images(args.data, args.home)
+    strategy, backbone = _strategy_and_backbone(args)
+    out = Path(args.out) if args.out else Path("runs") / new_run_name(strategy.name)
+    bar = _Progress(enabled=not args.json)
+
+    def on_step(step) -> None:
+        if not args.json:
+            val = f" val_acc={step.val_acc:.3f}" if step.val_acc is not None else ""
+            bar.write(f"epoch {step.epoch} loss={step.loss:.4f}{val}")
+
+    result = train_run(images, strategy, backbone, out, protocol=args.protocol, seed=args.seed, on_step=on_step,
+                       on_progress=bar.update)
+    bar.close()
+    metrics = {**result.metrics, "run_dir": str(result.run_dir)}
+    if args.json:
+        print(json.dumps(metrics, ensure_ascii=False))
+    else:
+        print(f"{metrics['protocol']} accuracy {100 * metrics['accuracy']:.1f}% "
+              f"± {100 * metrics['ci95']:.1f} (balanced {100 * metrics['balanced_accuracy']:.1f}%), "
+              f"{metrics['n_images']} images, {metrics['train_seconds']:.1f} s")
+        print(f"run saved to {result.run_dir}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate_episodes
+
+    images = _resolve_images(args.data, args.home)
+    strategy, backbone = _strategy_and_backbone(args)
+    bar = _Progress(enabled=not args.json)
+    report = evaluate_episodes(strategy, images, backbone, n_way=args.n_way, k_shot=args.k_shot,
+                               n_query=args.queries, episodes=args.episodes, seed=args.seed,
+                               progress=(lambda d, t: bar.update("episodes", d, t)) if not args.json else None)
+    bar.close()
+    result = {"strategy": strategy.name, "params": strategy.get_params(), "backbone": backbone.id,
+              **{k: v for k, v in report.to_dict().items() if k != "accuracies"}}
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(f"{args.n_way}-way {args.k_shot}-shot, {args.episodes} episodes: "
+              f"{report.mean_accuracy:.1f}% ± {report.ci95:.1f}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .export import load_predictor
+    from .images import is_image_name
+
+    paths = []
+    for item in list(args.images) + ([args.batch] if args.batch else []):
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(p for p in sorted(path.rglob("*")) if p.is_file() and is_image_name(p.name))
+        else:
+            paths.append(path)
+    if not paths:
+        raise UserError("no images given. Pass image files or folders after the model path.")
+    predictor = load_predictor(args.model)
+    results = predictor.predict_paths(paths, top_k=args.top_k, progress=not args.json)
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False))
+    else:
+        for item in results:
+            if "error" in item:
+                print(f"{item['image']}: ERROR {item['error']}")
+                continue
+            alternatives = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in item["top_k"][1:])
+            print(f"{item['image']}: {item['label']} ({item['probability']:.2f})"
+                  + (f"  [{alternatives}]" if alternatives else ""))
+    return 0 if all("error" not in item for item in results) else 1
+
+
+def cmd_ui(args) -> int:
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.address,
+               "--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
+    return subprocess.call(command)
+
+
+class _Progress:
+    """A tqdm bar per phase, silent when disabled (e.g. under --json)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.print_enabled = enabled
+        self.bar = None
+        self.phase = None
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+            self.bar = tqdm(total=total, desc=phase, leave=False)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def write(self, message: str) -> None:
+        if self.print_enabled:
+            print(message, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from .backbones import BackboneError
+    from .dataset import DataError
+    from .images import ImageError
+
+    try:
+        return args.handler(args)
+    except (UserError, DataError, ImageError, BackboneError, ValueError, FileNotFoundError,
+            FileExistsError) as error:
+        print(f"fsl-app {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Evaluation protocols (hold-out, stratified k-fold, leave-one-out, N-way K-shot episodes) and their metrics.
+
+With 3-5 images per class a single split is noise: leave-one-out uses every image as a test once, and episodes give
+a mean with a 95% confidence interval. Frozen-feature strategies are evaluated on features extracted once (cached);
+strategies that train the backbone are refitted on images for every split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from .backbones import Backbone
+from .dataset import DataError, ImageSet
+from .features import get_extractor
+from .strategies.base import Strategy
+
+PROTOCOLS = ("auto", "loo", "kfold", "holdout")
+Progress = Callable[[int, int], None] | None
+
+
+@dataclass
+class EvaluationReport:
+    """Metrics of one protocol; accuracies are fractions in [0, 1], ``ci95`` is the half-width of the 95% CI."""
+
+    protocol: str
+    classes: list[str]
+    accuracy: float
+    ci95: float
+    balanced_accuracy: float
+    macro_f1: float
+    per_class_accuracy: dict[str, float]
+    confusion: list[list[int]]
+    n_test: int
+    y_true: list[int] = field(default_factory=list)
+    y_pred: list[int] = field(default_factory=list)
+    test_indices: list[int] = field(default_factory=list)
+    probabilities: list[list[float]] = field(default_factory=list)
+    split_accuracies: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> dict:
+        keys = ("protocol", "accuracy", "ci95", "balanced_accuracy", "macro_f1", "per_class_accuracy", "n_test")
+        return {key: getattr(self, key) for key in keys}
+
+
+@dataclass
+class EpisodeReport:
+    n_way: int
+    k_shot: int
+    n_query: int
+    episodes: int
+    mean_accuracy: float  # percent
+    ci95: float  # percent, half-width
+    accuracies: list[float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    labels = list(range(len(classes)))
+    matrix = confusion_matrix(y_true, y_pred, labels=labels)
+    totals = matrix.sum(1)
+    per_class = {name: float(matrix[i, i] / totals[i]) for i, name in enumerate(classes) if totals[i] > 0}
+    accuracy = float((y_true == y_pred).mean())
+    return {"accuracy": accuracy, "ci95": binomial_ci95(accuracy, len(y_true)),
+            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+            "per_class_accuracy": per_class, "confusion": matrix.tolist()}
+
+
+def binomial_ci95(accuracy: float, n: int) -> float:
+    return 1.96 * math.sqrt(max(accuracy * (1 - accuracy), 0.0) / n) if n else float("nan")
+
+
+def mean_ci95(values: np.ndarray) -> float:
+    return float(1.96 * values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+# --- splits -----------------------------------------------------------------------------------------------------
+
+def choose_protocol(strategy: Strategy, y: np.ndarray) -> str:
+    """LOO for frozen-feature strategies on small data (cheap and honest), k-fold above, hold-out for fine-tuning."""
+    if strategy.uses_frozen_features:
+        return "loo" if len(y) <= 300 else "kfold"
+    return "holdout"
+
+
+def split_indices(protocol: str, y: np.ndarray, *, folds: int = 5, test_size: float = 0.25,
+                  seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (train, test) index arrays; every class keeps at least one training image."""
+    counts = np.bincount(y)
+    if protocol == "loo":
+        for i in range(len(y)):
+            if counts[y[i]] >= 2:
+                yield np.delete(np.arange(len(y)), i), np.array([i])
+    elif protocol == "kfold":
+        k = min(folds, int(counts[counts > 0].min()))
+        if k < 2:
+            raise DataError("k-fold needs at least 2 images in every class. Add images or use leave-one-out.")
+        yield from StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
+    elif protocol == "holdout":
+        yield _holdout(y, test_size, seed)
+    else:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+
+
+def _holdout(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    indices = np.arange(len(y))
+    splittable = np.bincount(y)[y] >= 2
+    n_classes = len(np.unique(y[splittable]))
+    if n_classes == 0:
+        raise DataError("hold-out needs at least 2 images in some class. Add images.")
+    n_test = max(n_classes, int(round(test_size * splittable.sum())))
+    n_test = min(n_test, int(splittable.sum()) - n_classes)
+    train, test = train_test_split(indices[splittable], test_size=n_test, stratify=y[splittable], random_state=seed)
+    return np.sort(np.concatenate([train, indices[~splittable]])), np.sort(test)
+
+
+# --- protocols --------------------------------------------------------------------------------------------------
+
+def evaluate(strategy: Strategy, images: ImageSet, backbone: Backbone, *, protocol: str = "auto", seed: int = 0,
+             folds: int = 5, test_size: float = 0.25, progress: Progress = None) -> EvaluationReport:
+    """Fit clones of ``strategy`` on the training part of each split and score the held-out images."""
+    images = images.labeled()
+    images.check_trainable()
+    classes = images.classes
+    y = images.label_indices(classes)
+    if protocol == "auto":
+        protocol = choose_protocol(strategy, y)
+    splits = list(split_indices(protocol, y, folds=folds, test_size=test_size, seed=seed))
+    if not splits:
+        raise DataError("no class has 2 images, so nothing can be held out. Add a second image to some classes.")
+    features = get_extractor(backbone).extract(images) if strategy.uses_frozen_features else None
+    tested, predicted, probabilities, split_scores = [], [], [], []
+    for number, (train, test) in enumerate(splits, 1):
+        proba = _fit_predict(strategy, images, backbone, features, train, test, classes)
+        tested.extend(test.tolist())
+        predicted.extend(proba.argmax(1).tolist())
+        probabilities.extend(proba.tolist())
+        split_scores.append(float((proba.argmax(1).numpy() == y[test]).mean()))
+        if progress:
+            progress(number, len(splits))
+    y_true, y_pred = y[tested], np.array(predicted)
+    metrics = classification_metrics(y_true, y_pred, classes)
+    if protocol != "loo" and len(split_scores) > 1:
+        metrics["ci95"] = mean_ci95(np.array(split_scores))
+    return EvaluationReport(protocol=protocol, classes=classes, n_test=len(tested), y_true=y_true.tolist(),
+                            y_pred=y_pred.tolist(), test_indices=tested, probabilities=probabilities,
+                            split_accuracies=split_scores, **metrics)
+
+
+def _fit_predict(strategy: Strategy, images: ImageSet, backbone: Backbone, features: torch.Tensor | None,
+                 train: np.ndarray, test: np.ndarray, classes: list[str]) -> torch.Tensor:
+    """Probabilities (len(test), len(classes)) of a clone fitted on ``train``; absent classes get 0."""
+    model = strategy.clone()
+    train_labels = [images[int(i)].label for i in train]
+    if features is not None:
+        model.backbone_ = backbone
+        model.fit_features(features[train], train_labels)
+        proba = model.predict_proba(features[test])
+    else:
+        model.fit(images.subset(train), backbone=backbone)
+        proba = model.predict_proba(images.subset(test))
+    full = torch.zeros(len(test), len(classes))
+    full[:, [classes.index(c) for c in model.classes_]] = proba.float()
+    return full
+
+
+def sample_episode(y: np.ndarray, n_way: int, k_shot: int, n_query: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Support and query indices of one N-way K-shot episode."""
+    eligible = np.flatnonzero(np.bincount(y) >= k_shot + n_query)
+    if len(eligible) < n_way:
+        raise DataError(f"{n_way}-way {k_shot}-shot with {n_query} queries needs {n_way} classes with at least "
+                        f"{k_shot + n_query} images; only {len(eligible)} have that many. Lower --n-way, "
+                        "--k-shot or --queries.")
+    support, query = [], []
+    for label in rng.choice(eligible, size=n_way, replace=False):
+        members = rng.choice(np.flatnonzero(y == label), size=k_shot + n_query, replace=False)
+        support.extend(members[:k_shot])
+        query.extend(members[k_shot:])
+    return np.array(support), np.array(query)
+
+
+def evaluate_episodes(strategy: Strategy, images: ImageSet, backbone: Backbone, *, n_way: int, k_shot: int,
+                      n_query: int = 15, episodes: int = 300, seed: int = 0,
+                      progress: Progress = None) -> EpisodeReport:
+    """Mean accuracy (percent) and 95% CI over seeded episodes; the same seed gives the same episodes."""
+    images = images.labeled()
+    classes = images.classes
+    y = images.label_indices(classes)
+    rng = np.random.default_rng(seed)
+    features = get_extractor(backbone).extract(images, progress=progress is not None) \
+        if strategy.uses_frozen_features else None
+    accuracies = []
+    for number in range(1, episodes + 1):
+        support, query = sample_episode(y, n_way, k_shot, n_query, rng)
+        proba = _fit_predict(strategy, images, backbone, features, support, query, classes)
+        accuracies.append(float((proba.argmax(1).numpy() == y[query]).mean()))
+        if progress:
+            progress(number, episodes)
+    values = np.array(accuracies) * 100
+    return EpisodeReport(n_way=n_way, k_shot=k_shot, n_query=n_query, episodes=episodes,
+                         mean_accuracy=float(values.mean()), ci95=mean_ci95(values), accuracies=accuracies)

@@ -1,0 +1,245 @@
+"""``fsl-app project ...`` and ``fsl-app suggest ...``: the project store from the command line.
+
+Register with :func:`add_store_commands` on the main parser's subparsers; every command sets ``func`` (called as
+``args.func(args)``, returning the exit code). User mistakes print ``error: <message>`` on stderr and return 1;
+no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from ..dataset import DataError
+from ..images import ImageError, is_image_name
+from .errors import StoreError
+from .importing import ImportReport
+from .suggest import suggest_for_project
+from .workspace import (create_project, delete_project, list_projects, open_project, rename_project,
+                        workspace_home)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def add_store_commands(subparsers) -> None:
+    """Add ``project create|list|import|export|stats|rename|delete|fsck`` and ``suggest`` to ``subparsers``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", default=None,
+                        help="workspace folder (default: $FSL_APP_HOME, else the user data folder)")
+    project = subparsers.add_parser("project", help="create, import into, inspect and export projects")
+    actions = project.add_subparsers(dest="project_command", metavar="ACTION", required=True)
+    _add_project_actions(actions, common)
+    suggest = subparsers.add_parser("suggest", parents=[common],
+                                    help="rank a project's unlabeled images by model uncertainty")
+    suggest.add_argument("project", help="project name")
+    suggest.add_argument("--run", required=True, help="run folder of a trained strategy")
+    suggest.add_argument("--top", type=int, default=20, help="how many suggestions to show (default 20)")
+    suggest.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    suggest.set_defaults(func=_user_errors(_suggest))
+
+
+def _add_project_actions(actions, common: argparse.ArgumentParser) -> None:
+    create = actions.add_parser("create", parents=[common], help="create an empty project")
+    create.add_argument("name")
+    create.set_defaults(func=_user_errors(_create))
+
+    listing = actions.add_parser("list", parents=[common], help="list projects")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_user_errors(_list))
+
+    importing = actions.add_parser("import", parents=[common],
+                                   help="import images, folders (sub-folder = class) or zips; exit 1 if any file "
+                                        "was rejected")
+    importing.add_argument("project")
+    importing.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders or .zip files")
+    importing.add_argument("--label", help="label every imported image with this class")
+    importing.add_argument("--flat", action="store_true", help="folders/zips: ignore sub-folders, import unlabeled")
+    importing.set_defaults(func=_user_errors(_import))
+
+    export = actions.add_parser("export", parents=[common], help="export labeled images as an ImageFolder zip")
+    export.add_argument("project")
+    export.add_argument("out", help="destination .zip file")
+    export.set_defaults(func=_user_errors(_export))
+
+    stats = actions.add_parser("stats", parents=[common], help="counts per class, duplicates, warnings")
+    stats.add_argument("project")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=_user_errors(_stats))
+
+    rename = actions.add_parser("rename", parents=[common], help="rename a project")
+    rename.add_argument("old_name")
+    rename.add_argument("new_name")
+    rename.set_defaults(func=_user_errors(_rename))
+
+    delete = actions.add_parser("delete", parents=[common], help="move a project to the workspace trash")
+    delete.add_argument("name")
+    delete.add_argument("--confirm", required=True, metavar="NAME", help="repeat the project name to confirm")
+    delete.set_defaults(func=_user_errors(_delete))
+
+    fsck = actions.add_parser("fsck", parents=[common], help="check a project and clean up after a crash")
+    fsck.add_argument("project")
+    fsck.add_argument("--verify-hashes", action="store_true", help="also re-hash every image file (slow)")
+    fsck.set_defaults(func=_user_errors(_fsck))
+
+
+def _user_errors(handler: Handler) -> Handler:
+    """Turn expected errors into one clear line on stderr and exit code 1."""
+    @functools.wraps(handler)
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (StoreError, DataError, ImageError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        except OSError as error:
+            print(f"error: {error.filename or ''} {error.strerror or error}. Check the path and permissions.".strip(),
+                  file=sys.stderr)
+            return 1
+    return wrapped
+
+
+def _create(args) -> int:
+    with create_project(args.name, args.home) as project:
+        print(f"created project {project.name!r} in {project.path}")
+    return 0
+
+
+def _list(args) -> int:
+    names = list_projects(args.home)
+    if args.json:
+        print(json.dumps(names, ensure_ascii=False))
+    elif names:
+        print("\n".join(names))
+    else:
+        print(f"no projects in {workspace_home(args.home)}; create one with `fsl-app project create NAME`")
+    return 0
+
+
+def _import(args) -> int:
+    with open_project(args.project, args.home) as project:
+        reports, loose_files = [], []
+        for source in map(Path, args.sources):
+            if source.is_dir():
+                reports.append(project.import_folder(source, args.label) if args.flat or args.label
+                               else project.import_imagefolder(source))
+            elif source.suffix.lower() == ".zip" and source.is_file():
+                reports.append(project.import_zip(source, args.label, folders_as_classes=not args.flat))
+            elif source.is_file() and is_image_name(source.name):
+                loose_files.append(source)
+            else:
+                raise StoreError(f"{source} is not an image, a folder or a .zip file. Check the path.")
+        if loose_files:
+            reports.append(project.import_files(((p.name, p.read_bytes()) for p in loose_files), args.label))
+    total = _combine(reports)
+    print(total.summary())
+    for duplicate in total.duplicates:
+        print(f"  duplicate: {duplicate.name} (already image {duplicate.image_id})")
+    for name, reason in total.rejected:
+        print(f"  rejected: {name}: {reason}", file=sys.stderr)
+    return 1 if total.rejected else 0
+
+
+def _combine(reports: list[ImportReport]) -> ImportReport:
+    total = ImportReport()
+    for report in reports:
+        total.added += report.added
+        total.duplicates += report.duplicates
+        total.rejected += report.rejected
+    return total
+
+
+def _export(args) -> int:
+    with open_project(args.project, args.home) as project:
+        report = project.export_imagefolder_zip(Path(args.out))
+    print(f"exported {report.n_images} labeled images in {len(report.folders)} class folders to {args.out}")
+    if report.missing:
+        print(f"warning: {len(report.missing)} image file(s) are missing; run `fsl-app project fsck`",
+              file=sys.stderr)
+    return 0
+
+
+def _stats(args) -> int:
+    with open_project(args.project, args.home) as project:
+        stats = project.stats()
+    if args.json:
+        print(json.dumps(stats.as_dict(), ensure_ascii=False, indent=2))
+        return 0
+    print(f"project {stats.name!r}: {stats.n_images} images, {stats.n_labeled} labeled, {stats.n_unlabeled} unlabeled")
+    for name, count in stats.class_counts.items():
+        print(f"  {name}: {count}")
+    print(f"duplicates skipped at import: {stats.duplicates_skipped}; identical pictures: {stats.identical_pairs} "
+          f"pair(s); near duplicates: {stats.near_duplicate_pairs} pair(s)")
+    for warning in stats.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def _rename(args) -> int:
+    new_name = rename_project(args.old_name, args.new_name, args.home)
+    print(f"renamed project {args.old_name!r} to {new_name!r}")
+    return 0
+
+
+def _delete(args) -> int:
+    trash = delete_project(args.name, args.confirm, args.home)
+    print(f"moved project {args.name!r} to {trash} (remove it from there to free the space)")
+    return 0
+
+
+def _fsck(args) -> int:
+    with open_project(args.project, args.home) as project:
+        report = project.fsck(verify_hashes=args.verify_hashes)
+    print(report.summary())
+    if report.missing_files:
+        print(f"missing files for image ids {report.missing_files[:20]}: re-import those images", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _suggest(args) -> int:
+    strategy = _load_strategy(Path(args.run))
+    with open_project(args.project, args.home) as project:
+        suggestions = suggest_for_project(project, strategy, top=args.top)
+    if args.json:
+        print(json.dumps([asdict(s) for s in suggestions], ensure_ascii=False, indent=2))
+    elif not suggestions:
+        print("no unlabeled images: nothing to suggest")
+    else:
+        print(f"{'image':>7}  {'suggested label':<24} {'confidence':>10} {'margin':>7} {'entropy':>7}")
+        for s in suggestions:
+            print(f"{s.image_id:>7}  {s.label:<24} {s.confidence:>10.3f} {s.margin:>7.3f} {s.entropy:>7.3f}")
+    return 0
+
+
+def _load_strategy(run_dir: Path):
+    if not run_dir.is_dir():
+        raise StoreError(f"run folder {run_dir} does not exist. Pass the --out folder of `fsl-app train`.")
+    try:
+        from fsl_app.runs import load_run
+    except ImportError as error:
+        raise StoreError(f"loading runs is not available in this installation ({error}). "
+                         "Update fsl_app.") from None
+    try:
+        strategy, _backbone = load_run(run_dir)
+    except (StoreError, DataError, ImageError):
+        raise
+    except Exception as error:  # a damaged or foreign run folder is a user problem, not a crash
+        raise StoreError(f"could not load the run in {run_dir} ({type(error).__name__}: {error}). "
+                         "Check that it is a finished run folder.") from None
+    return strategy
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m fsl_app.store.cli``) with only the store commands."""
+    parser = argparse.ArgumentParser(prog="fsl-app", description="fsl_app project store")
+    add_store_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
