@@ -72,6 +72,20 @@ def train_run(images: ImageSet, strategy: Strategy, backbone: Backbone, out_dir:
     partial = out_dir.with_name(out_dir.name + PARTIAL_SUFFIX)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    try:
+        result = _train_into(partial, labeled, strategy, backbone, protocol, seed, on_step, on_progress, augment,
+                             snapshot)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a failed or cancelled run leaves nothing behind
+        raise
+    os.replace(partial, out_dir)
+    if on_progress:
+        on_progress("done", 1, 1)
+    return RunResult(run_dir=out_dir, strategy=result[0], report=result[1], metrics=result[2])
+
+
+def _train_into(partial: Path, labeled: ImageSet, strategy: Strategy, backbone: Backbone, protocol: str, seed: int,
+                on_step, on_progress, augment, snapshot) -> tuple[Strategy, EvaluationReport, dict]:
     config = _run_config(labeled, strategy, backbone, protocol, seed, augment, snapshot)
     write_json_atomic(partial / "config.json", config)
     started = time.perf_counter()
@@ -95,10 +109,7 @@ def train_run(images: ImageSet, strategy: Strategy, backbone: Backbone, out_dir:
                "train_seconds": finished - started, "n_images": len(labeled)}
     write_json_atomic(partial / "metrics.json", metrics)
     write_json_atomic(partial / "predictions.json", _predictions(labeled, report))
-    os.replace(partial, out_dir)
-    if on_progress:
-        on_progress("done", 1, 1)
-    return RunResult(run_dir=out_dir, strategy=fitted, report=report, metrics=metrics)
+    return fitted, report, metrics
 
 
 def _run_config(images: ImageSet, strategy: Strategy, backbone: Backbone, protocol: str, seed: int,

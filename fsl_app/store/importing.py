@@ -375,12 +375,12 @@ def _zip_entries(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], importe
     for info in infos:
         if info.is_dir():
             continue
-        parts = _entry_parts(info.filename)
-        if any(_is_junk(part) for part in parts):
-            continue
-        problem = _entry_problem(info)
+        problem = _entry_problem(info)  # before the junk filter: '..' also starts with a dot
         if problem:
             importer.reject(info.filename, problem)
+            continue
+        parts = _entry_parts(info.filename)
+        if any(_is_junk(part) for part in parts):
             continue
         safe.append((info, parts))
     strip_top = _has_single_top_folder([parts for _, parts in safe])

@@ -112,8 +112,20 @@ def split_object_name(file_name: str) -> tuple[str, str]:
     return file_name[:64], file_name[64:]
 
 
-def atomic_write_bytes(target: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write via a temp file in the same folder + fsync + ``os.replace``: the target is complete or absent."""
+def atomic_write_bytes(target: Path, data: bytes, *, durable: bool = True, attempts: int = 3) -> None:
+    """Write via a temp file in the same folder + fsync + ``os.replace``: the target is complete or absent.
+
+    Retried when a concurrent clean-up removed the temp file (or the shard folder) between write and rename.
+    """
+    for attempt in range(attempts):
+        try:
+            return _write_and_rename(target, data, durable=durable)
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
+
+
+def _write_and_rename(target: Path, data: bytes, *, durable: bool) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
     try:
