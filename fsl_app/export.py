@@ -385,7 +385,7 @@ def _create_timm_backbone(info: dict, head: dict) -> nn.Module:
     name = info.get("backbone", {}).get("name")
     try:
         return timm.create_model(name, pretrained=False, num_classes=head["n_classes"] if head["kind"] == "timm" else 0)
-    except (RuntimeError, TypeError) as error:
+    except (RuntimeError, TypeError, ValueError, AttributeError) as error:
         raise ModelFileError(f"config.json names the backbone {name!r}, which this timm ({timm.__version__}) cannot "
                              "build. Upgrade timm to the version in requirements.txt.") from error
 
@@ -524,6 +524,7 @@ def write_onnx(exportable: Exportable, out: Path, *, quantize: str | None = None
             model_path = quantize_int8(model_path, Path(temp) / "model.int8.onnx")
         info = {**exportable.info, "quantization": quantize}
         attach_onnx_metadata(model_path, info)
+        _make_shareable(model_path)
         os.replace(model_path, out)
     return out
 
@@ -549,12 +550,21 @@ def _check_same_probabilities(logits: torch.Tensor, exportable: Exportable, name
 
 
 def quantize_int8(source: Path, out: Path) -> Path:
-    """Dynamic int8 quantization of weights (onnxruntime.quantization.quantize_dynamic), for CPU deployment."""
+    """Dynamic int8 quantization (onnxruntime's ``quantize_dynamic``): weights stored as uint8, activations quantized
+    on the fly. Depthwise convolutions stay float: quantized they are the slowest part (measured in
+    benchmarks/results_export.md) and hold few weights. The file is about 4x smaller."""
+    import logging
+
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8)
+    depthwise = [node.name for node in onnx.load(str(source), load_external_data=False).graph.node
+                 if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)]
+    logging.disable(logging.WARNING)  # onnxruntime logs shape-inference chatter on the root logger
+    try:
+        quantize_dynamic(str(source), str(out), weight_type=QuantType.QUInt8, nodes_to_exclude=depthwise)
+    finally:
+        logging.disable(logging.NOTSET)
     return out
 
 
@@ -570,6 +580,11 @@ def attach_onnx_metadata(path: Path, info: dict) -> None:
     onnx.save(model, str(path))
 
 
+def _make_shareable(path: Path) -> None:
+    """Temporary files are private (0600); an export is meant to be copied and shared (0644)."""
+    path.chmod(0o644)
+
+
 def write_torchscript(exportable: Exportable, out: Path, *, quantize: str | None = None) -> Path:
     """``out``: the traced module (dynamic batch, checked) with metadata in the extra file ``fsl_app.json``."""
     if quantize:
@@ -583,6 +598,7 @@ def write_torchscript(exportable: Exportable, out: Path, *, quantize: str | None
         os.close(handle)
         try:
             torch.jit.save(traced, temp, _extra_files={TORCHSCRIPT_EXTRA_FILE: json.dumps(exportable.info)})
+            _make_shareable(Path(temp))
             os.replace(temp, out)
         finally:
             Path(temp).unlink(missing_ok=True)
@@ -619,12 +635,24 @@ def bundle_config(exportable: Exportable, files: dict[str, bytes], quantize: str
     config, metrics = exportable.run["config"], exportable.run["metrics"] or {}
     return {**exportable.info, "onnx_quantization": quantize,
             "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
-            "augment": config.get("augment"), "protocol": config.get("protocol"), "seed": config.get("seed"),
+            "augment": augment_dict(exportable), "protocol": metrics.get("protocol", config.get("protocol")),
+            "seed": config.get("seed"),
             "class_counts": config.get("class_counts"), "trained_at": config.get("created_at"),
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": {"torch": torch.__version__, "timm": _timm_version(), "trained_with_torch": config.get("torch")},
+            "versions": {"torch": torch.__version__, "timm": _timm_version(),
+                         "trained_with_torch": config.get("torch")},
             "metrics": {key: value for key, value in metrics.items() if not key.endswith("_seconds")},
             "data": _data_snapshot(config.get("data"))}
+
+
+def augment_dict(exportable: Exportable) -> dict | None:
+    """The albumentations dict the run trained with: the run's ``augment``, else the strategy's ``augment`` param."""
+    spec = exportable.run["config"].get("augment") or exportable.info["params"].get("augment")
+    if spec is None or isinstance(spec, dict):
+        return spec
+    from .augment import build_augment, to_dict
+
+    return to_dict(build_augment(spec))
 
 
 def _data_snapshot(data):
@@ -645,8 +673,10 @@ def _timm_version() -> str:
 def _requirements() -> str:
     import onnxruntime
 
-    return (f"# predict.py\ntorch>={torch.__version__.split('+')[0]}\ntimm>={_timm_version()}\n"
-            f"# predict_onnx.py (no torch needed)\n# onnxruntime>={onnxruntime.__version__}\n# numpy\n# pillow\n")
+    return (f"# predict.py (exported with torch {torch.__version__.split('+')[0]}, timm {_timm_version()})\n"
+            f"torch>=2.0\ntimm>=1.0\n"
+            f"# predict_onnx.py needs only these (exported with onnxruntime {onnxruntime.__version__}):\n"
+            "# onnxruntime\n# numpy\n# pillow\n")
 
 
 # --- model card -----------------------------------------------------------------------------------------------------
@@ -677,7 +707,7 @@ def model_card(exportable: Exportable, quantize: str | None = None) -> str:
         f"{_percent(metrics.get('balanced_accuracy'))}, macro F1 {_number(metrics.get('macro_f1'))}.",
         f"- Backbone: `{info['backbone']['name']}` ({info['backbone']['source']} weights); strategy: "
         f"`{info['strategy']}` with {json.dumps(info['params'])}.",
-        f"- Augmentation: {json.dumps(config.get('augment')) if config.get('augment') else 'none recorded'}; "
+        f"- Augmentation: {_describe_augment(config.get('augment') or info['params'].get('augment'))}; "
         f"images: {sum(counts.values()) if counts else '?'} (sha256 list in config.json).",
         f"- Preprocessing: {_describe_preprocessing(info['preprocessing'])}.",
         f"- Rejection threshold on the top probability: {threshold}.",
@@ -715,6 +745,14 @@ def model_card(exportable: Exportable, quantize: str | None = None) -> str:
         "(metadata in its `metadata_props`).",
         "",
     ])
+
+
+def _describe_augment(spec) -> str:
+    if spec is None:
+        return "none (frozen features)"
+    if isinstance(spec, str):
+        return f"albumentations preset `{spec}` (full dict in config.json)"
+    return "custom albumentations pipeline (dict in config.json)"
 
 
 def _percent(value) -> str:
@@ -827,7 +865,8 @@ HEAD = CONFIG["head"]
 
 def backbone():
     """The timm model: (n, 3, H, W) -> features (n, d), or logits (n, C) for head kind "timm" (fine-tuned)."""
-    model = timm.create_model(CONFIG["backbone"]["name"], num_classes=HEAD["n_classes"] if HEAD["kind"] == "timm" else 0)
+    classes = HEAD["n_classes"] if HEAD["kind"] == "timm" else 0
+    model = timm.create_model(CONFIG["backbone"]["name"], num_classes=classes)
     model.load_state_dict({k[len("backbone."):]: v for k, v in STATE.items() if k.startswith("backbone.")})
     return model.eval()
 
@@ -872,7 +911,7 @@ if __name__ == "__main__":
     main(sys.argv[1:])
 '''
 
-PREDICT_ONNX_SCRIPT = r'''"""Classify images with model.onnx, without torch or fsl_app: python predict_onnx.py IMAGE [IMAGE ...]
+PREDICT_ONNX_SCRIPT = r'''"""Classify images with model.onnx, without torch or fsl_app: python predict_onnx.py IMAGE...
 
 Needs onnxruntime, numpy and pillow. Class names, preprocessing and threshold come from the model's metadata.
 Prints a JSON list, one object per image, like `fsl-app predict --json`.

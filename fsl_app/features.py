@@ -4,6 +4,13 @@ The cache key is (image sha256, backbone id incl. weights hash, preprocessing), 
 strategy on the same images never runs the backbone again. On CPU the frozen backbone runs in ONNX Runtime (measured
 several times faster than eager PyTorch here, see benchmarks/RESULTS.md); on CUDA it runs in PyTorch with AMP and
 channels_last.
+
+Preprocessing is timm's eval transform, split in two so it is cheap: the PIL resize and center crop run per image in
+worker threads (Pillow releases the GIL), then ``ToTensor`` + ``Normalize`` run once per batch as vectorized numpy
+with the same float32 operations in the same order, so the batch is bit-identical to stacking ``eval_transform``
+outputs (:class:`BatchPreprocessor`; any other transform falls back to calling it per image). On CPU the extraction
+is data-parallel by default: each worker thread decodes, preprocesses and forwards its own slice of a batch through a
+single-threaded ONNX Runtime session, so decoding never waits for the forward pass and no thread spins idle.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import torch
 from PIL import Image
 from timm.data import create_transform
 from torch import nn
+from torchvision import transforms as tv_transforms
 
 from .backbones import Backbone
 from .dataset import ImageSet
@@ -31,6 +39,7 @@ from .images import load_image
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "torch", "onnx")
+PARALLEL = ("auto", "data", "intra")
 
 
 def pick_device(preferred: str | None = None) -> torch.device:
@@ -71,6 +80,56 @@ def eval_transform(data_config: dict) -> Callable[[Image.Image], torch.Tensor]:
 def preprocessing_key(data_config: dict) -> str:
     text = json.dumps({k: data_config[k] for k in sorted(data_config)}, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class BatchPreprocessor:
+    """timm's eval transform as per-image PIL work (:meth:`to_array`) plus one vectorized batch step (:meth:`stack`).
+
+    Built by :meth:`from_transform` only when the transform is the standard ``[Resize, CenterCrop, (Maybe)ToTensor,
+    Normalize]``; the resize and crop are the transform's own objects, and :meth:`stack` repeats ToTensor's
+    ``float32 / 255`` and Normalize's ``(x - mean) / std`` in float32, so the result equals
+    ``torch.stack([transform(im) for im in images])`` exactly (benchmarks/bench_extraction.py checks it).
+    """
+
+    def __init__(self, geometry: Sequence[Callable], mean: torch.Tensor, std: torch.Tensor):
+        self.geometry = list(geometry)
+        self.mean = np.asarray(torch.as_tensor(mean, dtype=torch.float32), dtype=np.float32).reshape(1, -1, 1, 1)
+        self.std = np.asarray(torch.as_tensor(std, dtype=torch.float32), dtype=np.float32).reshape(1, -1, 1, 1)
+
+    @classmethod
+    def from_transform(cls, transform) -> "BatchPreprocessor | None":
+        steps = list(getattr(transform, "transforms", []))
+        if len(steps) < 2 or not isinstance(steps[-1], tv_transforms.Normalize) \
+                or not isinstance(steps[-2], tv_transforms.ToTensor):
+            return None
+        geometry = steps[:-2]
+        if not all(isinstance(step, (tv_transforms.Resize, tv_transforms.CenterCrop)) for step in geometry):
+            return None
+        normalize = steps[-1]
+        if normalize.inplace:
+            return None
+        return cls(geometry, normalize.mean, normalize.std)
+
+    def to_array(self, image: Image.Image) -> np.ndarray:
+        """Resized and cropped RGB pixels (H, W, 3) uint8; ``image`` must be RGB."""
+        if image.mode != "RGB":
+            raise ValueError(f"BatchPreprocessor needs RGB images, got mode {image.mode!r}")
+        for step in self.geometry:
+            image = step(image)
+        return np.asarray(image, dtype=np.uint8)
+
+    def stack(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        """Float32 batch (n, 3, H, W): ToTensor (``/ 255``) then Normalize (``- mean``, ``/ std``)."""
+        pixels = np.stack(arrays)
+        batch = np.empty((pixels.shape[0], pixels.shape[3], pixels.shape[1], pixels.shape[2]), dtype=np.float32)
+        np.copyto(batch, pixels.transpose(0, 3, 1, 2))
+        batch /= np.float32(255)
+        batch -= self.mean
+        batch /= self.std
+        return torch.from_numpy(batch)
+
+    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return self.stack([self.to_array(image) for image in images])
 
 
 class FeatureCache:
@@ -133,34 +192,48 @@ class FeatureExtractor:
 
     ``engine="auto"`` uses ONNX Runtime on CPU (exported once per backbone id and cached on disk) and PyTorch on
     GPUs; any failure of the ONNX path falls back to PyTorch with the reason logged.
+
+    ``parallel`` says how CPU cores are shared between decoding and the forward pass. ``"data"`` (the ``auto``
+    choice for ONNX Runtime on CPU): ``num_workers`` threads each decode, preprocess and forward their own slice of a
+    batch with a single-threaded session. ``"intra"`` (the choice for PyTorch and GPUs): ``num_workers`` threads
+    decode one batch ahead while the engine runs the current batch with all its threads.
     """
 
     def __init__(self, backbone: Backbone, *, device: str | torch.device | None = None, engine: str = "auto",
-                 batch_size: int = 32, cache: FeatureCache | None = None, num_workers: int | None = None):
+                 batch_size: int = 32, cache: FeatureCache | None = None, num_workers: int | None = None,
+                 parallel: str = "auto"):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if parallel not in PARALLEL:
+            raise ValueError(f"parallel must be one of {PARALLEL}, got {parallel!r}")
+        from .onnx_engine import cpu_threads
+
         self.backbone = backbone
         self.device = pick_device(str(device) if device is not None else None)
         self.batch_size = batch_size
         self.cache = cache if cache is not None else default_cache()
         self.transform = eval_transform(backbone.data_config)
+        self.preprocessor = BatchPreprocessor.from_transform(self.transform)
         self.namespace = f"{backbone.id}-{preprocessing_key(backbone.data_config)}"
-        self.num_workers = num_workers or min(4, os.cpu_count() or 1)
+        self.num_workers = num_workers or cpu_threads()
         requested = os.environ.get("FSL_APP_ENGINE", engine) if engine == "auto" else engine
-        self._forward = self._choose_engine(requested)
+        self._forward = self._choose_engine(requested, parallel)
 
     # --- engines ---
-    def _choose_engine(self, requested: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _choose_engine(self, requested: str, parallel: str) -> Callable[[torch.Tensor], torch.Tensor]:
         if requested in ("auto", "onnx") and self.device.type == "cpu":
             try:
                 from .onnx_engine import OnnxBackbone
 
-                session = OnnxBackbone.for_backbone(self.backbone, cache_root() / "onnx")
+                self.parallel = "data" if parallel == "auto" else parallel
+                session = OnnxBackbone.for_backbone(self.backbone, cache_root() / "onnx", threads=self.num_workers,
+                                                    parallel=self.parallel)
                 self.engine = "onnx"
                 return session
             except Exception as error:  # noqa: BLE001 - any ONNX problem means: use torch
                 log.warning("ONNX Runtime path unavailable for %s (%s); using PyTorch.", self.backbone.name, error)
         self.engine = "torch"
+        self.parallel = "intra"  # torch's CPU threads are process-wide: one forward at a time
         return self._torch_forward()
 
     def _torch_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -170,6 +243,8 @@ class FeatureExtractor:
             model = model.to(memory_format=torch.channels_last)
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
+            if on_cuda and batch.device.type == "cpu":
+                batch = batch.pin_memory()
             batch = batch.to(self.device, non_blocking=True)
             batch = batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
             with torch.inference_mode(), torch.autocast(self.device.type, enabled=on_cuda):
@@ -182,9 +257,15 @@ class FeatureExtractor:
         """Features of a preprocessed batch (n, 3, H, W) -> (n, d), no cache."""
         return self._forward(batch)
 
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The model batch (n, 3, H, W) of PIL images: exactly ``torch.stack([self.transform(im) ...])``."""
+        if self.preprocessor is not None and all(image.mode == "RGB" for image in images):
+            return self.preprocessor(images)
+        return torch.stack([self.transform(image) for image in images])
+
     def extract_pil(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Features of PIL images (n, d), no cache (for one-off predictions)."""
-        outputs = [self._forward(torch.stack([self.transform(im) for im in images[i:i + self.batch_size]]))
+        outputs = [self._forward(self.preprocess(images[i:i + self.batch_size]))
                    for i in range(0, len(images), self.batch_size)]
         return torch.cat(outputs) if outputs else torch.empty(0, self.backbone.num_features)
 
@@ -205,23 +286,71 @@ class FeatureExtractor:
             return torch.empty(0, self.backbone.num_features)
         return torch.from_numpy(np.stack([found[sha] for sha in images.shas])).float()
 
+    # --- the pipeline ---
+    def _load_array(self, record) -> np.ndarray | torch.Tensor:
+        image = load_image(record.path)
+        return self.preprocessor.to_array(image) if self.preprocessor is not None else self.transform(image)
+
+    def _stack(self, items: list) -> torch.Tensor:
+        return self.preprocessor.stack(items) if self.preprocessor is not None else torch.stack(items)
+
     def _run(self, records: list, *, progress: bool) -> Iterable[tuple[list, torch.Tensor]]:
+        bar = _progress_bar(len(records), progress, f"features ({self.engine})")
+        try:
+            if self.parallel == "data" and self.engine == "onnx" and self.num_workers > 1:
+                runs = self._run_data_parallel(records)
+            else:
+                runs = self._run_prefetch(records)
+            for chunk, features in runs:
+                yield chunk, features
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+
+    def _run_data_parallel(self, records: list) -> Iterable[tuple[list, torch.Tensor]]:
+        """Each worker decodes, preprocesses and forwards a slice of ``batch_size / num_workers`` images."""
+        size = max(1, -(-self.batch_size // self.num_workers))
+        chunks = [records[i:i + size] for i in range(0, len(records), size)]
+        forward = self._forward.run
+
+        def process(chunk):
+            return torch.from_numpy(forward(self._stack([self._load_array(r) for r in chunk]).numpy()))
+
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="extract") as pool:
+            yield from zip(chunks, _ordered_map(pool, process, chunks, ahead=2 * self.num_workers))
+
+    def _run_prefetch(self, records: list) -> Iterable[tuple[list, torch.Tensor]]:
         """Decode and preprocess in worker threads, one batch ahead of the forward pass."""
         batches = [records[i:i + self.batch_size] for i in range(0, len(records), self.batch_size)]
-        bar = _progress_bar(len(records), progress, f"features ({self.engine})")
-        with ThreadPoolExecutor(self.num_workers) as pool:
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="decode") as pool:
             def prepare(batch):
-                return torch.stack(list(pool.map(lambda r: self.transform(load_image(r.path)), batch)))
+                return self._stack(list(pool.map(self._load_array, batch)))
 
-            with ThreadPoolExecutor(1) as prefetcher:
-                pending = prefetcher.submit(prepare, batches[0])
-                for index, batch in enumerate(batches):
-                    tensor = pending.result()
-                    if index + 1 < len(batches):
-                        pending = prefetcher.submit(prepare, batches[index + 1])
-                    yield batch, self._forward(tensor)
-                    bar.update(len(batch))
-        bar.close()
+            with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as prefetcher:
+                yield from zip(batches, map(self._forward, _ordered_map(prefetcher, prepare, batches, ahead=1)))
+
+
+def _ordered_map(pool: ThreadPoolExecutor, function: Callable, items: Sequence, *, ahead: int) -> Iterable:
+    """``map(function, items)`` on ``pool`` with at most ``ahead`` items in flight, results in order.
+
+    Closing the generator early (an error downstream) cancels what has not started, instead of finishing it all.
+    """
+    pending = []
+    iterator = iter(items)
+    try:
+        for item in iterator:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            result = pending.pop(0).result()
+            for item in iterator:
+                pending.append(pool.submit(function, item))
+                break
+            yield result
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def _progress_bar(total: int, enabled: bool, description: str):
@@ -250,8 +379,11 @@ def extract_features(backbone: Backbone, images: ImageSet, *, progress: bool = F
 
 
 def images_to_batch(images: Sequence[Image.Image], data_config: dict) -> torch.Tensor:
-    """Preprocess PIL images into a model batch (n, 3, H, W)."""
+    """Preprocess PIL images into a model batch (n, 3, H, W) (equal to stacking ``eval_transform`` outputs)."""
     transform = eval_transform(data_config)
+    preprocessor = BatchPreprocessor.from_transform(transform)
+    if preprocessor is not None and images and all(image.mode == "RGB" for image in images):
+        return preprocessor(images)
     return torch.stack([transform(image) for image in images])
 
 

@@ -1,4 +1,13 @@
-"""The frozen backbone in ONNX Runtime: exported once per backbone id, cached on disk, checked against torch."""
+"""The frozen backbone in ONNX Runtime: exported once per backbone id, cached on disk, checked against torch.
+
+On a CPU the session can use its cores in two ways (``parallel``):
+
+- ``"intra"``: one ``run`` at a time, each operator split over ``threads`` intra-op threads;
+- ``"data"``: a single-threaded session run concurrently from ``threads`` Python threads, each on its own slice of
+  the batch (ONNX Runtime's ``run`` releases the GIL and is thread-safe). No per-operator synchronisation and no
+  spinning worker threads, so on a small machine it is faster and leaves decoding threads room to run
+  (benchmarks/bench_extraction.py measures both). This is the default for feature extraction.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,7 @@ import os
 import tempfile
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +27,16 @@ from .backbones import Backbone
 
 log = logging.getLogger(__name__)
 OPSET = 18
+PARALLEL_MODES = ("data", "intra")
 _EXPORT_LOCK = threading.Lock()
+
+
+def cpu_threads() -> int:
+    """CPU cores this process may use (its affinity mask, e.g. a container's limit), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, input_name: str = "images",
@@ -39,36 +58,68 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, input_na
     return path
 
 
-def cpu_session(path: Path, threads: int | None = None):
+def cpu_session(path: Path, threads: int | None = None, *, spinning: bool = True):
+    """An ONNX Runtime CPU session with all graph optimizations and ``threads`` intra-op threads.
+
+    ``spinning=False`` lets idle intra-op threads sleep instead of busy-waiting, so other threads of the process
+    (image decoding) get the cores between operators.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxBackbone:
-    """Callable (n, 3, H, W) float tensor -> (n, d) float tensor, backed by an ONNX Runtime CPU session."""
+    """Callable (n, 3, H, W) float tensor -> (n, d) float tensor, backed by an ONNX Runtime CPU session.
 
-    def __init__(self, session):
+    With ``workers > 1`` (a single-threaded session, ``parallel="data"``) a batch is cut into ``workers`` slices that
+    run concurrently; :meth:`run` forwards one array in the calling thread.
+    """
+
+    def __init__(self, session, *, workers: int = 1):
         self.session = session
         self.input_name = session.get_inputs()[0].name
+        self.workers = max(1, int(workers))
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ort") if self.workers > 1 else None
+
+    def run(self, array: np.ndarray) -> np.ndarray:
+        """Forward one float32 array (n, 3, H, W) in the calling thread."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(array, dtype=np.float32)})[0]
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        if self._pool is None or len(array) < 2:
+            return torch.from_numpy(self.run(array))
+        slices = np.array_split(array, min(self.workers, len(array)))
+        return torch.from_numpy(np.concatenate(list(self._pool.map(self.run, slices))))
 
     @classmethod
-    def for_backbone(cls, backbone: Backbone, directory: Path, *, tolerance: float = 1e-3) -> "OnnxBackbone":
-        """Load the cached export of ``backbone`` or export it now; verify it matches torch before use."""
+    def for_backbone(cls, backbone: Backbone, directory: Path, *, tolerance: float = 1e-3, threads: int | None = None,
+                     parallel: str = "data") -> "OnnxBackbone":
+        """Load the cached export of ``backbone`` or export it now; verify it matches torch before use.
+
+        ``threads`` (default: the usable cores) are spent as ``parallel`` says: ``"data"`` (concurrent
+        single-threaded runs on slices of the batch) or ``"intra"`` (one run, multi-threaded operators).
+        """
+        if parallel not in PARALLEL_MODES:
+            raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {parallel!r}")
+        threads = threads or cpu_threads()
         path = directory / f"{backbone.id}.onnx"
         example = torch.randn(2, *backbone.input_size, generator=torch.Generator().manual_seed(0))
         with _EXPORT_LOCK:
             if not path.is_file():
                 log.info("exporting %s to ONNX once (cached at %s)", backbone.name, path)
                 export_onnx(backbone.model.cpu().float(), example, path)
-        engine = cls(cpu_session(path))
+        if parallel == "data":
+            engine = cls(cpu_session(path, 1), workers=threads)
+        else:
+            engine = cls(cpu_session(path, threads))
         with torch.inference_mode():
             reference = backbone.model.cpu().eval()(example)
         difference = (engine(example) - reference).abs().max().item()

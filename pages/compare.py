@@ -1,0 +1,132 @@
+"""Compare: every run of the project in one table, curves, confusion matrices, mistakes and an embedding map."""
+
+import streamlit as st
+
+from fsl_app import projection, studio
+from pages import _charts, _shared
+
+MAX_SIDE_BY_SIDE = 3
+
+
+@st.cache_data(show_spinner="Projecting the embeddings…", max_entries=16)
+def embedding_points(run_dir: str, method: str, names: dict) -> studio.EmbeddingMap:
+    run = studio.read_run_folder(run_dir)
+    return studio.embedding_map(_shared.fitted_strategy(run_dir), run, method, names=names)
+
+
+def runs_table(runs: list[dict]) -> None:
+    st.dataframe(studio.run_table(runs), hide_index=True, width="stretch",
+                 column_config={"run": st.column_config.TextColumn("run", width="medium"),
+                                "accuracy %": st.column_config.NumberColumn(format="%.1f"),
+                                "± 95 % CI": st.column_config.NumberColumn(format="%.1f")})
+
+
+def evaluate_all(project, runs: list[dict]) -> None:
+    latest = runs[0]["config"] if runs else {}
+    backbone = latest.get("backbone", {})
+    with st.expander("Evaluate every strategy with the same protocol and seed"):
+        st.caption("Queues one run per strategy (default hyperparameters) on the backbone and weights of the latest "
+                   "run, so the comparison is fair. Watch them on the Train page.")
+        protocol = st.selectbox("Protocol", list(studio.PROTOCOL_LABELS), format_func=studio.PROTOCOL_LABELS.get,
+                                key="all-protocol")
+        seed = st.number_input("Seed", 0, 1_000_000, int(latest.get("seed", 0)), key="all-seed")
+        if st.button(f"Evaluate {len(studio.strategy_names())} strategies", key="all-button",
+                     icon=":material/playlist_play:"):
+            augment = studio.load_project_augment(project).resolved_pipeline()
+            for request in studio.requests_for_all_strategies(project.path, backbone.get("name"),
+                                                              backbone.get("weights", "auto"), protocol, int(seed),
+                                                              augment):
+                studio.submit_training(_shared.job_queue(), request, owner=project.name)
+            st.success("Queued.")
+            st.page_link(_shared.TRAIN_PAGE, label="Watch them on the Train page", icon=":material/model_training:")
+
+
+def curves(selected: list[dict]) -> None:
+    rows = studio.curve_rows(selected)
+    if rows:
+        st.subheader("Training curves")
+        st.plotly_chart(_charts.training_curves(rows), key="compare-curves")
+
+
+def confusion_matrices(selected: list[dict]) -> None:
+    st.subheader("Confusion matrices")
+    columns = st.columns(min(len(selected), MAX_SIDE_BY_SIDE))
+    for column, run in zip(columns, selected[:MAX_SIDE_BY_SIDE]):
+        metrics = run["metrics"] or {}
+        if metrics.get("confusion"):
+            column.plotly_chart(_charts.confusion_heatmap(metrics["classes"], metrics["confusion"],
+                                                          studio.run_label(run)), key=f"confusion-{run['name']}")
+
+
+def per_class(selected: list[dict]) -> None:
+    rows = studio.per_class_rows(selected)
+    if rows:
+        st.subheader("Accuracy per class")
+        st.plotly_chart(_charts.per_class_bars(rows), key="compare-per-class")
+
+
+def mistakes(selected: list[dict], names: dict) -> None:
+    st.subheader("Misclassified held-out images")
+    run = _shared.run_picker("Run", selected, "mistakes-run")
+    wrong = studio.misclassified(run)
+    if not wrong:
+        st.caption("No mistakes on the held-out images of this run.")
+        return
+    columns = st.columns(6)
+    for index, item in enumerate(wrong[:24]):
+        caption = f"{names.get(item['sha256'], '')}\ntrue **{item['true']}** → {item['predicted']} " \
+                  f"({item['probability']:.0%})"
+        columns[index % 6].image(item["path"], caption=caption, width="stretch")
+
+
+def embedding_section(runs: list[dict], names: dict) -> None:
+    st.subheader("Embedding map")
+    left, right = st.columns([3, 2])
+    with left:
+        run = _shared.run_picker("Run", runs, "map-run")
+    method = right.radio("Projection", projection.METHODS, format_func=projection.METHOD_LABELS.get,
+                         horizontal=True, key="map-method")
+    try:
+        points = embedding_points(run["run_dir"], method, names)
+    except Exception as error:  # noqa: BLE001 - a backbone missing here, an unreadable image
+        _shared.show_error(error, prefix="No embedding map: ")
+        return
+    if points.note:
+        st.info(points.note)
+        return
+    title = f"{studio.run_label(run)} · {projection.METHOD_LABELS[method]}"
+    event = st.plotly_chart(_charts.embedding_scatter(points.points, title), key="embedding-map",
+                            on_select="rerun", selection_mode="points")
+    st.caption("Filled: tested in the evaluation; open: only used for training; stars: ProtoNet prototypes. "
+               "Click a point to see its image.")
+    show_selected_point(event)
+
+
+def show_selected_point(event) -> None:
+    chosen = [point for point in (event.selection.points if event else []) if point.get("customdata")]
+    for point in chosen[:4]:
+        path = point["customdata"][0]
+        if path:
+            st.image(path, width=160, caption=point.get("hovertext") or "")
+
+
+project = _shared.require_project()
+st.title(f"Compare · {project.name}")
+runs = studio.project_runs(project)
+if not runs:
+    st.info("No finished run yet. Train one first.")
+    st.page_link(_shared.TRAIN_PAGE, label="Go to Train", icon=":material/model_training:")
+    st.stop()
+runs_table(runs)
+evaluate_all(project, runs)
+by_name = studio.runs_by_name(runs)
+chosen = st.multiselect("Runs to compare", list(by_name), default=list(by_name)[:2],
+                        format_func=lambda name: studio.run_label(by_name[name]), key="compare-runs")
+selected = [by_name[name] for name in chosen]
+names = studio.source_names(project)
+if selected:
+    curves(selected)
+    confusion_matrices(selected)
+    per_class(selected)
+    mistakes(selected, names)
+embedding_section(runs, names)

@@ -1,0 +1,90 @@
+"""Export & try: predict a new image with a trained run, see its nearest training images, download the model."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from fsl_app import studio
+from pages import _charts, _shared
+
+IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
+
+
+def run_summary(run: dict) -> None:
+    config, metrics = run["config"], run["metrics"] or {}
+    columns = st.columns(4)
+    columns[0].metric("Strategy", config.get("strategy"))
+    columns[1].metric("Backbone", config.get("backbone", {}).get("name"))
+    columns[2].metric(f"Accuracy ({metrics.get('protocol')})", studio.accuracy_text(metrics))
+    columns[3].metric("Classes", len(config.get("classes", [])), help=", ".join(config.get("classes", [])))
+
+
+def try_image(run: dict) -> None:
+    st.subheader("Try a new image")
+    upload = st.file_uploader("Drop an image the model has not seen", type=IMAGE_TYPES, key="try-image")
+    if upload is None:
+        return
+    left, right = st.columns([1, 2])
+    left.image(upload.getvalue(), caption=upload.name, width="stretch")
+    try:
+        strategy = _shared.fitted_strategy(run["run_dir"])
+        prediction = studio.predict_image(strategy, upload.getvalue(), upload.name,
+                                          training=studio.run_image_set(run))
+    except Exception as error:  # noqa: BLE001 - an unreadable image, a backbone missing here
+        _shared.show_error(error, prefix="Cannot predict: ")
+        return
+    with right:
+        best = prediction.top_k[0]
+        st.markdown(f"Prediction: **{best['label']}** ({best['probability']:.0%})")
+        st.plotly_chart(_charts.probability_bars(prediction.top_k), key="try-probabilities")
+    if prediction.nearest:
+        st.caption("Nearest training images in the model's embedding space")
+        columns = st.columns(len(prediction.nearest))
+        for column, item in zip(columns, prediction.nearest):
+            column.image(item["path"], caption=f"{item['label']} · similarity {item['similarity']:.2f}",
+                         width="stretch")
+
+
+def downloads(project, run: dict) -> None:
+    st.subheader("Download the model")
+    run_dir = run["run_dir"]
+    st.download_button("Run folder (.zip): config, metrics, model.safetensors", key="download-run",
+                       data=lambda: studio.run_zip_bytes(run_dir), file_name=f"{run['name']}.zip",
+                       mime="application/zip", on_click="ignore", icon=":material/folder_zip:")
+    st.caption("Use it with `fsl-app predict RUN_FOLDER image.jpg` or `fsl-app export`.")
+    for format in studio.export_formats():
+        export_button(project, run_dir, format)
+
+
+def export_button(project, run_dir: str, format: str) -> None:
+    label = studio.FORMAT_LABELS.get(format, format)
+    prepared = st.session_state.get(f"export-{format}-{run_dir}")
+    if prepared is None:
+        if st.button(f"Prepare {label}", key=f"prepare-{format}"):
+            with st.spinner(f"Exporting {format} and checking it gives the same predictions…"):
+                try:
+                    prepared = str(studio.export_model(project, run_dir, format))
+                except Exception as error:  # noqa: BLE001 - shown in words
+                    _shared.show_error(error, prefix=f"{format} export failed: ")
+                    return
+            st.session_state[f"export-{format}-{run_dir}"] = prepared
+    if prepared is not None:
+        path = Path(prepared)
+        st.download_button(f"Download {label}", key=f"download-{format}", data=lambda: path.read_bytes(),
+                           file_name=path.name, on_click="ignore", icon=":material/download:")
+
+
+project = _shared.require_project()
+st.title(f"Export & try · {project.name}")
+runs = studio.project_runs(project)
+if not runs:
+    st.info("No finished run yet. Train one first.")
+    st.page_link(_shared.TRAIN_PAGE, label="Go to Train", icon=":material/model_training:")
+    st.stop()
+run = _shared.run_picker("Run", runs, "export-run")
+run_summary(run)
+left, right = st.columns([3, 2], gap="large")
+with left:
+    try_image(run)
+with right:
+    downloads(project, run)

@@ -1,0 +1,85 @@
+"""Home: what the studio does, pick or create a project, or load the sample data and train in one click."""
+
+import streamlit as st
+
+from fsl_app import studio
+from pages import _shared
+
+TOUR = [
+    (_shared.DATA_PAGE, "Data", ":material/photo_library:",
+     "drop a few images per class (or a zip), fix labels, accept model suggestions"),
+    ("pages/augment.py", "Augment", ":material/auto_fix_high:", "preview and save train-time augmentation"),
+    (_shared.TRAIN_PAGE, "Train", ":material/model_training:",
+     "pick a backbone and a strategy, watch the curves live, cancel any time"),
+    (_shared.COMPARE_PAGE, "Compare", ":material/leaderboard:",
+     "every run side by side, confusion matrices, mistakes, an embedding map"),
+    (_shared.EXPORT_PAGE, "Export & try", ":material/download:", "try a new image, download the model"),
+]
+
+
+def start_sample() -> None:
+    """on_click: build the sample project, queue its first training run, then open the Train page."""
+    try:
+        name, _ = studio.start_sample(_shared.job_queue())
+    except Exception as error:  # noqa: BLE001 - shown to the user in words
+        st.session_state["sample_error"] = studio.readable_error(error)
+        return
+    _shared.select_project(name)
+    st.session_state["go_to_train"] = True
+
+
+def sample_card() -> None:
+    with st.container(border=True):
+        st.subheader(":material/rocket_launch: Try it with sample data")
+        st.write("Loads 24 labeled handwritten digits (zero, one, seven) and 6 unlabeled ones, then trains a "
+                 "linear probe on a pretrained backbone: a model within a minute, no internet needed.")
+        st.button("Load the sample and train", type="primary", on_click=start_sample, key="sample-button")
+        if st.session_state.get("sample_error"):
+            st.error(st.session_state.pop("sample_error"))
+
+
+def create_card() -> None:
+    with st.container(border=True):
+        st.subheader(":material/create_new_folder: Start a project with your images")
+        st.write("A project keeps your images, labels, augmentation and training runs together on this computer.")
+        _shared.project_creator("home-new-project", label="Project name")
+
+
+def overview(project) -> None:
+    facts = studio.project_overview(project)
+    st.subheader(f"Project: {project.name}")
+    columns = st.columns(5)
+    columns[0].metric("Images", facts.n_images)
+    columns[1].metric("Labeled", facts.n_labeled)
+    columns[2].metric("Classes", facts.n_classes)
+    columns[3].metric("Runs", facts.n_runs)
+    best = facts.best_run
+    columns[4].metric("Best accuracy", studio.accuracy_text(best["metrics"]) if best else "–",
+                      help=f"{studio.run_label(best)}" if best else "no finished run yet")
+    for warning in facts.warnings:
+        st.warning(warning, icon=":material/warning:")
+
+
+def tour() -> None:
+    st.subheader("A one-minute tour")
+    for path, title, icon, text in TOUR:
+        left, right = st.columns([1, 4])
+        left.page_link(path, label=title, icon=icon)
+        right.write(text)
+
+
+if st.session_state.pop("go_to_train", False):
+    st.switch_page(_shared.TRAIN_PAGE)
+
+st.title("Few-shot image classification studio")
+st.caption("Label a handful of images per class, train on your CPU or GPU while the curves update, compare "
+           "strategies honestly and export a model that runs without this app.")
+project = _shared.current_project()
+if project is not None:
+    overview(project)
+left, right = st.columns(2)
+with left:
+    sample_card()
+with right:
+    create_card()
+tour()
