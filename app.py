@@ -1,15 +1,8 @@
 """fsl_app studio: `streamlit run app.py` (or `fsl-app ui`). Page config, the shared project picker, navigation."""
 
-import sys
-from pathlib import Path
-
 import streamlit as st
 
-APP_DIR = Path(__file__).resolve().parent
-if str(APP_DIR) not in sys.path:  # `streamlit run` adds it; AppTest and other runners may not
-    sys.path.insert(0, str(APP_DIR))
-
-from pages import _shared  # noqa: E402
+from pages import _shared  # the app's folder is on sys.path under `streamlit run` and AppTest
 
 st.set_page_config(page_title="fsl_app studio", page_icon=":material/photo_library:", layout="wide")
 

@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fsl_app.store import create_project  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results_import.md")
-HEADER = ("| date | machine | source | images | seconds | images/s | store on disk (MiB) | KiB/image | "
-          "originals (MiB) |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+HEADER = ("| date | machine | source | images | seconds (median of runs) | images/s | store files (MiB) | "
+          "allocated on disk (MiB) | KiB/image on disk | originals (MiB) |\n"
+          "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 
 
 def digit_pngs(count: int, size: int) -> list[tuple[str, str, bytes]]:
@@ -50,15 +51,18 @@ def digit_pngs(count: int, size: int) -> list[tuple[str, str, bytes]]:
     return files
 
 
-def folder_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def folder_size(path: Path) -> tuple[int, int]:
+    """(sum of file sizes, bytes actually allocated: small files round up to a file-system block)."""
+    stats = [p.stat() for p in path.rglob("*") if p.is_file()]
+    allocated = sum(getattr(s, "st_blocks", 0) * 512 for s in stats) or sum(s.st_size for s in stats)
+    return sum(s.st_size for s in stats), allocated
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    model = _cpu_model()
-    return f"{platform.system()} {platform.machine()}, {model or cpu}, {os.cpu_count()} CPUs, Python " \
-           f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}"
+    model = _cpu_model() or platform.processor() or platform.machine()
+    load = f", load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return (f"{platform.system()} {platform.machine()}, {model}, {os.cpu_count()} CPUs{load}, "
+            f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}")
 
 
 def _cpu_model() -> str | None:
@@ -80,16 +84,18 @@ def run_one(workspace: Path, source: str, importer) -> dict:
     originals = sum(image.size_bytes for image in project.images())
     project.fsck()  # also checks the store is consistent
     project.close()
-    size = folder_size(project.path)
+    size, allocated = folder_size(project.path)
     added = len(report.added)
     return {"source": source, "images": added, "seconds": seconds, "rate": added / seconds,
-            "size_mib": size / 2**20, "kib_per_image": size / added / 1024, "originals_mib": originals / 2**20}
+            "size_mib": size / 2**20, "allocated_mib": allocated / 2**20, "kib_per_image": allocated / added / 1024,
+            "originals_mib": originals / 2**20}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="fresh projects per source; the median is reported")
     parser.add_argument("--no-write", action="store_true", help="print only, do not append to results_import.md")
     args = parser.parse_args(argv)
 
@@ -105,16 +111,19 @@ def main(argv: list[str] | None = None) -> int:
             for label, name, data in files:
                 zipped.writestr(f"digits/{label}/{name}", data)
         uploads = [(name, data) for _, name, data in files]
-        results = [
-            run_one(scratch / "home", "ImageFolder tree", lambda p: p.import_imagefolder(tree)),
-            run_one(scratch / "home", "zip", lambda p: p.import_zip(archive)),
-            run_one(scratch / "home", "uploads (bytes)", lambda p: p.import_files(uploads, label="digits")),
-        ]
-    rows = [_row(result, args.size) for result in results]
+        if hasattr(os, "sync"):
+            os.sync()  # do not charge the write-back of the inputs to the first import
+        load = machine()
+        sources = {"ImageFolder tree": lambda p: p.import_imagefolder(tree),
+                   "zip": lambda p: p.import_zip(archive),
+                   "uploads (bytes)": lambda p: p.import_files(uploads, label="digits")}
+        results = [median_run(scratch, source, importer, args.repeats) for source, importer in sources.items()]
+    rows = [_row(result, args.size, load) for result in results]
     for result in results:
         print(f"{result['source']:<18} {result['images']} images in {result['seconds']:.2f} s = "
-              f"{result['rate']:.0f} images/s; store {result['size_mib']:.1f} MiB "
-              f"({result['kib_per_image']:.1f} KiB/image, originals {result['originals_mib']:.1f} MiB)")
+              f"{result['rate']:.0f} images/s; store {result['size_mib']:.1f} MiB in files, "
+              f"{result['allocated_mib']:.1f} MiB allocated ({result['kib_per_image']:.1f} KiB/image), "
+              f"originals {result['originals_mib']:.1f} MiB")
     if not args.no_write:
         if not RESULTS.exists():
             RESULTS.write_text("# Import benchmark (`python benchmarks/bench_import.py`)\n\n" + HEADER)
@@ -124,10 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _row(result: dict, size: int) -> str:
-    return (f"| {date.today().isoformat()} | {machine()} | {result['source']}, {size} px PNG digits | "
+def median_run(scratch: Path, source: str, importer, repeats: int) -> dict:
+    runs = [run_one(scratch / f"home-{index}", source, importer) for index in range(repeats)]
+    return sorted(runs, key=lambda result: result["seconds"])[len(runs) // 2]
+
+
+def _row(result: dict, size: int, machine_text: str) -> str:
+    return (f"| {date.today().isoformat()} | {machine_text} | {result['source']}, {size} px PNG digits | "
             f"{result['images']} | {result['seconds']:.2f} | {result['rate']:.0f} | {result['size_mib']:.1f} | "
-            f"{result['kib_per_image']:.1f} | {result['originals_mib']:.1f} |\n")
+            f"{result['allocated_mib']:.1f} | {result['kib_per_image']:.1f} | {result['originals_mib']:.1f} |\n")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Weight sources, tried in this order for ``weights="auto"``:
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import logging
@@ -256,15 +257,18 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike = "au
     ``num_classes=0`` (the default) gives a pooled-feature extractor.
     """
     if not timm.models.is_model(name.split(".")[0]) and not timm.models.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
+        base = name.split(".")[0]  # closest spellings first: a prefix match lists efficientformer for efficientnet_b9
+        close = difflib.get_close_matches(base, timm.list_models(), n=5) or timm.list_models(f"*{base[:6]}*")[:5]
         raise BackboneError(f"unknown backbone {name!r}. Pick a timm model name"
                             + (f", e.g. {', '.join(close)}" if close else "") + " (see `timm.list_models()`).")
     weights = str(weights)
     loader = WEIGHT_SOURCES.get(weights)
     if loader is not None:
         model, source = loader(name, num_classes)
-    else:
-        model, source = _load_file(name, Path(weights).expanduser(), num_classes)
+    else:  # absolute, so a run config that stores ``weights`` still loads from another working directory
+        path = Path(weights).expanduser().resolve()
+        model, source = _load_file(name, path, num_classes)
+        weights = str(path)
     model.eval()
     data_config = resolve_data_config({}, model=model)
     return Backbone(name=name, model=model, data_config=data_config, num_features=model.num_features,

@@ -7,6 +7,7 @@ An :class:`ImageSet` is a list of image files with their sha256 and label. It co
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ class ImageSet:
         if not root.is_dir():
             raise DataError(f"{root} is not a folder. Pass a folder with one sub-folder of images per class.")
         records = []
-        for path in sorted(root.rglob("*")):
+        for path in sorted(_walk_files(root)):
             if not path.is_file() or path.name.startswith("."):
                 continue
             relative = path.relative_to(root)
@@ -113,6 +114,20 @@ class ImageSet:
         if small:
             raise DataError(f"classes {small} have fewer than {min_per_class} images. "
                             f"Add images to them or remove them.")
+
+
+def _walk_files(root: Path) -> Iterable[Path]:
+    """Every file under ``root``, following symlinked folders (as torchvision's ImageFolder does) but never
+    visiting a folder twice (symlink loops), and skipping hidden folders (``.git``, ``.ipynb_checkpoints``)."""
+    visited = set()
+    for directory, subdirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in visited:
+            subdirs[:] = []
+            continue
+        visited.add(real)
+        subdirs[:] = sorted(name for name in subdirs if not name.startswith("."))
+        yield from (Path(directory) / name for name in files)
 
 
 def drop_unreadable(images: ImageSet) -> tuple[ImageSet, list[str]]:

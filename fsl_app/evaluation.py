@@ -123,6 +123,10 @@ def _holdout(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np
     n_test = max(n_classes, int(round(test_size * splittable.sum())))
     n_test = min(n_test, int(splittable.sum()) - n_classes)
     train, test = train_test_split(indices[splittable], test_size=n_test, stratify=y[splittable], random_state=seed)
+    for label in np.unique(y[splittable]):  # a large test_size can round a small class out of training
+        if not np.any(y[train] == label):
+            moved = test[y[test] == label][0]
+            train, test = np.append(train, moved), test[test != moved]
     return np.sort(np.concatenate([train, indices[~splittable]])), np.sort(test)
 
 

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -64,7 +64,27 @@ def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: int = MAX_PI
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{name}: the image data is corrupt or truncated ({error}). "
                          "Re-export the image or remove it.") from error
-    return to_rgb(ImageOps.exif_transpose(image))
+    return to_rgb(_upright(image))
+
+
+# EXIF orientation -> the transpose that makes the image upright (the same table as ImageOps.exif_transpose)
+_ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                          4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                          6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation to the pixels only.
+
+    ``ImageOps.exif_transpose`` also re-serializes the EXIF block, which raises (struct.error, TypeError) on files
+    whose other EXIF tags have an unexpected type; the pixels do not need that metadata.
+    """
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: keep the stored orientation
+        return image
+    method = _ORIENTATION_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    return image.transpose(method) if method is not None else image
 
 
 def load_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -87,12 +107,12 @@ def _check_pixels(size: tuple[int, int], name: str, max_pixels: int) -> None:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB; transparency is composited on white, 16/32-bit is rescaled."""
+    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:  # palette or tRNS colour key
+        image = image.convert("RGBA")
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         return _high_depth_to_rgb(image)
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -323,10 +323,9 @@ def custom_pipeline(settings: AugmentSettings):
 
 
 def pipeline_dict(choice: str, settings: AugmentSettings | None = None) -> dict:
-    """albumentations' serialized dict for a preset name or ``custom`` (with its settings)."""
-    if choice == "custom":
-        return augment_lib.to_dict(custom_pipeline(settings or AugmentSettings()))
-    return augment_lib.to_dict(augment_lib.preset(choice))
+    """albumentations' serialized dict for a preset name or ``custom`` (with its settings), as plain JSON data."""
+    compose = custom_pipeline(settings or AugmentSettings()) if choice == "custom" else augment_lib.preset(choice)
+    return json.loads(json.dumps(augment_lib.to_dict(compose)))
 
 
 def describe_pipeline(pipeline: dict) -> list[str]:

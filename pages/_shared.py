@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 from fsl_app import jobs, studio
 from fsl_app.store import StoreError, create_project, list_projects, open_project, workspace_home
@@ -19,6 +20,19 @@ DATA_PAGE = "pages/data.py"
 TRAIN_PAGE = "pages/train.py"
 COMPARE_PAGE = "pages/compare.py"
 EXPORT_PAGE = "pages/export.py"
+
+
+def use_navigation() -> None:
+    """First line of every page: make sure this run went through app.py (its st.navigation and sidebar).
+
+    A folder named ``pages/`` next to app.py makes Streamlit start in its old multipage mode, which runs a page file
+    alone, until the first ``st.navigation`` call switches that mode off. That happens at the first run of a server
+    opened on a page's address, and on every rerun under AppTest (which resets the mode before each run). Switch it
+    off and rerun: the rerun goes through app.py and lands on the same page, widget callbacks already applied.
+    """
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 @st.cache_resource

@@ -7,6 +7,8 @@ import streamlit as st
 from fsl_app import augment, studio
 from pages import _shared
 
+_shared.use_navigation()
+
 CHOICES = [*augment.PRESETS, "custom"]
 SLIDERS = {  # field: (label, min, max, step)
     "horizontal_flip": ("Horizontal flip (probability)", 0.0, 1.0, 0.05),

@@ -5,6 +5,8 @@ import streamlit as st
 from fsl_app import projection, studio
 from pages import _charts, _shared
 
+_shared.use_navigation()
+
 MAX_SIDE_BY_SIDE = 3
 
 
@@ -21,23 +23,30 @@ def runs_table(runs: list[dict]) -> None:
                                 "± 95 % CI": st.column_config.NumberColumn(format="%.1f")})
 
 
+def queue_all_strategies(project, backbone: dict) -> None:
+    """on_click: one run per strategy with the chosen protocol and seed."""
+    augment = studio.load_project_augment(project).resolved_pipeline()
+    requests = studio.requests_for_all_strategies(project.path, backbone.get("name"), backbone.get("weights", "auto"),
+                                                  st.session_state["all-protocol"], int(st.session_state["all-seed"]),
+                                                  augment)
+    for request in requests:
+        studio.submit_training(_shared.job_queue(), request, owner=project.name)
+    st.session_state["all-queued"] = len(requests)
+
+
 def evaluate_all(project, runs: list[dict]) -> None:
-    latest = runs[0]["config"] if runs else {}
+    latest = runs[0]["config"]
     backbone = latest.get("backbone", {})
     with st.expander("Evaluate every strategy with the same protocol and seed"):
-        st.caption("Queues one run per strategy (default hyperparameters) on the backbone and weights of the latest "
-                   "run, so the comparison is fair. Watch them on the Train page.")
-        protocol = st.selectbox("Protocol", list(studio.PROTOCOL_LABELS), format_func=studio.PROTOCOL_LABELS.get,
-                                key="all-protocol")
-        seed = st.number_input("Seed", 0, 1_000_000, int(latest.get("seed", 0)), key="all-seed")
-        if st.button(f"Evaluate {len(studio.strategy_names())} strategies", key="all-button",
-                     icon=":material/playlist_play:"):
-            augment = studio.load_project_augment(project).resolved_pipeline()
-            for request in studio.requests_for_all_strategies(project.path, backbone.get("name"),
-                                                              backbone.get("weights", "auto"), protocol, int(seed),
-                                                              augment):
-                studio.submit_training(_shared.job_queue(), request, owner=project.name)
-            st.success("Queued.")
+        st.caption(f"Queues one run per strategy (default hyperparameters) on {backbone.get('name')} with the "
+                   "weights of the latest run, so the comparison is fair.")
+        st.selectbox("Protocol", list(studio.PROTOCOL_LABELS), format_func=studio.PROTOCOL_LABELS.get,
+                     key="all-protocol")
+        st.number_input("Seed", 0, 1_000_000, int(latest.get("seed", 0)), key="all-seed")
+        st.button(f"Evaluate {len(studio.strategy_names())} strategies", key="all-button",
+                  icon=":material/playlist_play:", on_click=queue_all_strategies, args=(project, backbone))
+        if st.session_state.pop("all-queued", None):
+            st.success("Queued: they run one after the other.")
             st.page_link(_shared.TRAIN_PAGE, label="Watch them on the Train page", icon=":material/model_training:")
 
 

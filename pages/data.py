@@ -6,6 +6,8 @@ from fsl_app import studio
 from fsl_app.store import StoreError
 from pages import _shared
 
+_shared.use_navigation()
+
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp", "zip"]
 UNLABELED = "(unlabeled)"
 PAGE_SIZE = 36

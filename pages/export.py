@@ -7,6 +7,8 @@ import streamlit as st
 from fsl_app import studio
 from pages import _charts, _shared
 
+_shared.use_navigation()
+
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
 
 
@@ -54,24 +56,28 @@ def downloads(project, run: dict) -> None:
     st.caption("Use it with `fsl-app predict RUN_FOLDER image.jpg` or `fsl-app export`.")
     for format in studio.export_formats():
         export_button(project, run_dir, format)
+    if "export-error" in st.session_state:
+        st.error(st.session_state.pop("export-error"))
+
+
+def prepare_export(project, run_dir: str, format: str) -> None:
+    """on_click: write the export once (it is checked against the run's own predictions)."""
+    try:
+        st.session_state[f"export-{format}-{run_dir}"] = str(studio.export_model(project, run_dir, format))
+    except Exception as error:  # noqa: BLE001 - shown in words
+        st.session_state["export-error"] = f"{format} export failed: {studio.readable_error(error)}"
 
 
 def export_button(project, run_dir: str, format: str) -> None:
     label = studio.FORMAT_LABELS.get(format, format)
     prepared = st.session_state.get(f"export-{format}-{run_dir}")
     if prepared is None:
-        if st.button(f"Prepare {label}", key=f"prepare-{format}"):
-            with st.spinner(f"Exporting {format} and checking it gives the same predictions…"):
-                try:
-                    prepared = str(studio.export_model(project, run_dir, format))
-                except Exception as error:  # noqa: BLE001 - shown in words
-                    _shared.show_error(error, prefix=f"{format} export failed: ")
-                    return
-            st.session_state[f"export-{format}-{run_dir}"] = prepared
-    if prepared is not None:
-        path = Path(prepared)
-        st.download_button(f"Download {label}", key=f"download-{format}", data=lambda: path.read_bytes(),
-                           file_name=path.name, on_click="ignore", icon=":material/download:")
+        st.button(f"Prepare {label}", key=f"prepare-{format}", on_click=prepare_export,
+                  args=(project, run_dir, format))
+        return
+    path = Path(prepared)
+    st.download_button(f"Download {label}", key=f"download-{format}", data=lambda: path.read_bytes(),
+                       file_name=path.name, on_click="ignore", icon=":material/download:")
 
 
 project = _shared.require_project()

@@ -5,6 +5,8 @@ import streamlit as st
 from fsl_app import studio
 from pages import _shared
 
+_shared.use_navigation()
+
 TOUR = [
     (_shared.DATA_PAGE, "Data", ":material/photo_library:",
      "drop a few images per class (or a zip), fix labels, accept model suggestions"),

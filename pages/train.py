@@ -5,6 +5,8 @@ import streamlit as st
 from fsl_app import jobs, studio
 from pages import _charts, _shared
 
+_shared.use_navigation()
+
 OTHER_BACKBONE = "other timm model…"
 WEIGHT_LABELS = {"auto": "pretrained (auto)", "random": "random (no pretraining)", "file": "checkpoint file"}
 DEFAULT_STRATEGY = "linear"

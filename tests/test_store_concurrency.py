@@ -145,3 +145,14 @@ def _wait_for_progress(child: subprocess.Popen, at_least: int) -> None:
         if int(line) >= at_least:
             return
     pytest.fail(f"child exited early with code {child.wait()}")
+
+
+def test_delete_interrupted_before_commit_is_repaired_on_open(project):
+    """Simulate a kill between moving the file aside and committing the row deletion."""
+    image = project.get_image(project.import_files(digit_files(1)).added_ids[0])
+    tomb = project.objects.tombstone(image.sha256, image.ext)
+    assert tomb.is_file() and not image.path.exists()
+    project.close()
+    reopened = Project(project.path)
+    assert image.path.is_file() and not tomb.exists()
+    assert reopened.fsck().ok

@@ -22,7 +22,7 @@ except ModuleNotFoundError:
 def test_import_keeps_original_bytes_content_addressed(project):
     report = project.import_files(digit_files(3))
     assert len(report.added) == 3 and not report.duplicates and not report.rejected
-    for added, (name, data) in zip(report.added, digit_files(3)):
+    for added, (name, data) in zip(report.added, digit_files(3), strict=True):
         image = project.get_image(added.image_id)
         sha = hashlib.sha256(data).hexdigest()
         assert image.sha256 == sha == added.sha256 and image.source_name == name

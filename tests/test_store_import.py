@@ -24,7 +24,7 @@ def labels_by_name(project):
     return {image.source_name: image.label for image in project.images()}
 
 
-# -- folders --------------------------------------------------------------------------------------------------------------
+# -- folders ---------------------------------------------------------------------------------------------------------
 
 def test_import_imagefolder_subfolders_are_classes_loose_files_unlabeled(project, tmp_path):
     root = write_imagefolder(tmp_path / "data", {"cat": digit_files(2), "dog": digit_files(1, start=2),
@@ -61,11 +61,14 @@ def test_import_folder_reports_non_images(project, tmp_path):
     assert project.classes() == []  # no class is created for rejected files
 
 
-def test_import_folder_does_not_follow_symlinked_folders(project, tmp_path):
+def test_import_folder_follows_symlinked_folders_without_looping(project, tmp_path):
     outside = write_imagefolder(tmp_path / "outside", {None: digit_files(1, start=50)})
     root = write_imagefolder(tmp_path / "data", {"cat": digit_files(1)})
-    (root / "link").symlink_to(outside, target_is_directory=True)
-    assert len(project.import_imagefolder(root).added) == 1
+    (root / "dog").symlink_to(outside, target_is_directory=True)  # like ImageSet.from_folder
+    (root / "cat" / "loop").symlink_to(root, target_is_directory=True)
+    report = project.import_imagefolder(root)
+    assert sorted((a.name, a.label) for a in report.added) == [("cat/digit_0000.png", "cat"),
+                                                               ("dog/digit_0050.png", "dog")]
 
 
 def test_import_missing_folder_is_a_clear_error(project, tmp_path):
@@ -90,7 +93,7 @@ def test_progress_callback_counts_files(project):
     assert seen == [1, 2, 3]
 
 
-# -- zips: layouts --------------------------------------------------------------------------------------------------------
+# -- zips: layouts ---------------------------------------------------------------------------------------------------
 
 def test_zip_imagefolder_layout(project):
     data = make_zip([("cat/a.png", digit_png(0)), ("dog/b.png", digit_png(1)), ("loose.png", digit_png(2))])
@@ -145,7 +148,7 @@ def test_missing_zip_path_is_a_clear_error(project, tmp_path):
         project.import_zip(tmp_path / "missing.zip")
 
 
-# -- zips: attacks, one test each -------------------------------------------------------------------------------------------
+# -- zips: attacks, one test each ------------------------------------------------------------------------------------
 
 def test_zip_slip_dot_dot_is_rejected(project):
     report = project.import_zip(make_zip([("../evil.png", digit_png(0)), ("ok/a.png", digit_png(1))]))
@@ -260,7 +263,7 @@ def _set_declared_size(data: bytes, size: int) -> bytes:
     return bytes(out)
 
 
-# -- export ------------------------------------------------------------------------------------------------------------
+# -- export ----------------------------------------------------------------------------------------------------------
 
 def test_export_round_trip_keeps_bytes_and_labels(project, tmp_path):
     project.import_files(digit_files(3), label="zero")

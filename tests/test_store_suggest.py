@@ -28,7 +28,6 @@ class FakeStrategy:
 
 
 def test_ranked_most_uncertain_first(project):
-    images, ids = project.image_set_with_ids()
     project.import_files(digit_files(4))
     images, ids = project.image_set_with_ids()
     strategy = FakeStrategy([[0.9, 0.05, 0.05],    # sure

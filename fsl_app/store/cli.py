@@ -1,8 +1,8 @@
 """``fsl-app project ...`` and ``fsl-app suggest ...``: the project store from the command line.
 
-Register with :func:`add_store_commands` on the main parser's subparsers; every command sets ``func`` (called as
-``args.func(args)``, returning the exit code). User mistakes print ``error: <message>`` on stderr and return 1;
-no traceback.
+Register with :func:`add_store_commands` on the main parser's subparsers; every command sets ``handler`` (and
+``func``), called as ``args.handler(args)`` and returning the exit code. User mistakes print
+``error: <message>`` on stderr and return 1; no traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sqlite3
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -40,17 +41,17 @@ def add_store_commands(subparsers) -> None:
     suggest.add_argument("--run", required=True, help="run folder of a trained strategy")
     suggest.add_argument("--top", type=int, default=20, help="how many suggestions to show (default 20)")
     suggest.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    suggest.set_defaults(func=_user_errors(_suggest))
+    suggest.set_defaults(**_handler(_suggest))
 
 
 def _add_project_actions(actions, common: argparse.ArgumentParser) -> None:
     create = actions.add_parser("create", parents=[common], help="create an empty project")
     create.add_argument("name")
-    create.set_defaults(func=_user_errors(_create))
+    create.set_defaults(**_handler(_create))
 
     listing = actions.add_parser("list", parents=[common], help="list projects")
     listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=_user_errors(_list))
+    listing.set_defaults(**_handler(_list))
 
     importing = actions.add_parser("import", parents=[common],
                                    help="import images, folders (sub-folder = class) or zips; exit 1 if any file "
@@ -59,32 +60,38 @@ def _add_project_actions(actions, common: argparse.ArgumentParser) -> None:
     importing.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders or .zip files")
     importing.add_argument("--label", help="label every imported image with this class")
     importing.add_argument("--flat", action="store_true", help="folders/zips: ignore sub-folders, import unlabeled")
-    importing.set_defaults(func=_user_errors(_import))
+    importing.set_defaults(**_handler(_import))
 
     export = actions.add_parser("export", parents=[common], help="export labeled images as an ImageFolder zip")
     export.add_argument("project")
     export.add_argument("out", help="destination .zip file")
-    export.set_defaults(func=_user_errors(_export))
+    export.set_defaults(**_handler(_export))
 
     stats = actions.add_parser("stats", parents=[common], help="counts per class, duplicates, warnings")
     stats.add_argument("project")
     stats.add_argument("--json", action="store_true")
-    stats.set_defaults(func=_user_errors(_stats))
+    stats.set_defaults(**_handler(_stats))
 
     rename = actions.add_parser("rename", parents=[common], help="rename a project")
     rename.add_argument("old_name")
     rename.add_argument("new_name")
-    rename.set_defaults(func=_user_errors(_rename))
+    rename.set_defaults(**_handler(_rename))
 
     delete = actions.add_parser("delete", parents=[common], help="move a project to the workspace trash")
     delete.add_argument("name")
     delete.add_argument("--confirm", required=True, metavar="NAME", help="repeat the project name to confirm")
-    delete.set_defaults(func=_user_errors(_delete))
+    delete.set_defaults(**_handler(_delete))
 
     fsck = actions.add_parser("fsck", parents=[common], help="check a project and clean up after a crash")
     fsck.add_argument("project")
     fsck.add_argument("--verify-hashes", action="store_true", help="also re-hash every image file (slow)")
-    fsck.set_defaults(func=_user_errors(_fsck))
+    fsck.set_defaults(**_handler(_fsck))
+
+
+def _handler(handler: Handler) -> dict[str, Handler]:
+    """``set_defaults`` keywords: the wrapped handler as ``func`` and as ``handler`` (the name fsl_app.cli uses)."""
+    wrapped = _user_errors(handler)
+    return {"func": wrapped, "handler": wrapped}
 
 
 def _user_errors(handler: Handler) -> Handler:
@@ -95,6 +102,10 @@ def _user_errors(handler: Handler) -> Handler:
             return handler(args)
         except (StoreError, DataError, ImageError) as error:
             print(f"error: {error}", file=sys.stderr)
+            return 1
+        except sqlite3.DatabaseError as error:
+            print(f"error: the project database cannot be read ({error}). Run `fsl-app project fsck`, or restore "
+                  "the project folder from a backup.", file=sys.stderr)
             return 1
         except OSError as error:
             print(f"error: {error.filename or ''} {error.strerror or error}. Check the path and permissions.".strip(),

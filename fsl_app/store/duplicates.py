@@ -36,7 +36,7 @@ def near_duplicate_pairs(ids: Sequence[int], hashes: Sequence[str],
         distances = np.bitwise_count(block[:, None] ^ values[None, :])
         rows, cols = np.nonzero(distances <= max_distance)
         keep = cols > rows + start
-        for row, col in zip(rows[keep], cols[keep]):
+        for row, col in zip(rows[keep], cols[keep], strict=True):
             pairs.append(_ordered(id_array[row + start], id_array[col], int(distances[row, col])))
     return sorted(pairs, key=lambda pair: (pair[2], pair[0], pair[1]))
 
@@ -58,7 +58,7 @@ def similar_pairs_from_embeddings(embeddings, ids: Sequence[int],
         similarity = unit[start:start + _CHUNK] @ unit.T
         rows, cols = np.nonzero(similarity >= min_similarity)
         keep = cols > rows + start
-        for row, col in zip(rows[keep], cols[keep]):
+        for row, col in zip(rows[keep], cols[keep], strict=True):
             a, b, _ = _ordered(id_array[row + start], id_array[col], 0)
             pairs.append((a, b, float(similarity[row, col])))
     return sorted(pairs, key=lambda pair: (-pair[2], pair[0], pair[1]))

@@ -136,7 +136,7 @@ class _Importer:
         if pending is None:
             return
         try:
-            self.project.objects.write(pending.sha256, pending.ext, pending.data)
+            self.project.objects.write(pending.sha256, pending.ext, pending.data, durable=False)
         except OSError as error:
             self.flush()
             raise StoreError(f"could not write {entry.name} into the project ({error.strerror or error}). Free disk "
@@ -166,16 +166,19 @@ class _Importer:
             return conn.execute("SELECT 1 FROM images WHERE sha256 = ?", (sha256,)).fetchone() is not None
 
     def flush(self) -> None:
-        """Insert the pending rows in one transaction (re-writing any file removed meanwhile by a concurrent fsck)."""
+        """Make the pending files durable, then insert their rows in one transaction (re-writing any file a
+        concurrent fsck swept meanwhile)."""
         if not self.pending:
             return
         added, duplicates = [], []
+        objects = self.project.objects
+        objects.sync([objects.path(item.sha256, item.ext) for item in self.pending])  # durable before any row
         with self.project._write() as conn:
             for item in self.pending:
                 if conn.execute("SELECT 1 FROM images WHERE sha256 = ?", (item.sha256,)).fetchone():
                     duplicates.append((item.name, item.sha256))  # another process added it meanwhile
                     continue
-                self.project.objects.write(item.sha256, item.ext, item.data)
+                objects.ensure(item.sha256, item.ext, item.data)
                 added.append(AddedImage(item.name, self._insert(conn, item), item.sha256, item.label))
             self._log_labels(conn, added)
             self._count_duplicates(conn, extra=len(duplicates))
@@ -242,7 +245,7 @@ def _decode(data: bytes, name: str):
                            "Re-export the image or remove it.") from None
 
 
-# -- sources ------------------------------------------------------------------------------------------------------------
+# -- sources -----------------------------------------------------------------------------------------------------------
 
 def import_files(project: "Project", files: Iterable, label: str | None = None, *, actor: str | None = None,
                  on_progress: ProgressCallback | None = None) -> ImportReport:
@@ -257,10 +260,10 @@ def _upload_entry(item, label: str | None) -> _Entry:
         name, data = str(item.name), item.getvalue()
     else:
         name, data = item
-    return _Entry(name=str(name), label=label, read=lambda: _capped_bytes(bytes(data), str(name)))
+    return _Entry(name=str(name), label=label, read=lambda: _capped_bytes(bytes(data)))
 
 
-def _capped_bytes(data: bytes, name: str) -> bytes:
+def _capped_bytes(data: bytes) -> bytes:
     if len(data) > image_io.MAX_BYTES:
         raise RejectedFile(f"{len(data) / 2**20:.0f} MiB is over the {image_io.MAX_BYTES // 2**20} MiB "
                            "limit. Downscale or recompress the image before adding it.")
@@ -292,8 +295,15 @@ def _existing_folder(folder: str | Path) -> Path:
 
 
 def _walk_files(root: Path) -> Iterator[Path]:
-    """Files under ``root`` in a stable order, skipping hidden and system files; symlinked folders are not followed."""
-    for folder, subfolders, files in os.walk(root):
+    """Files under ``root`` in a stable order, skipping hidden and system files. Symlinked folders are followed
+    (like :meth:`ImageSet.from_folder` and torchvision's ImageFolder) but no folder is visited twice (loops)."""
+    visited: set[str] = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            subfolders[:] = []
+            continue
+        visited.add(real)
         subfolders[:] = sorted(d for d in subfolders if not _is_junk(d))
         for name in sorted(files):
             if not _is_junk(name):
@@ -310,10 +320,10 @@ def _folder_label(parts: tuple[str, ...] | list[str]) -> str | None:
 
 def _file_entry(root: Path, path: Path, label: str | None) -> _Entry:
     name = path.relative_to(root).as_posix()
-    return _Entry(name=name, label=label, read=lambda: _read_file(path, name))
+    return _Entry(name=name, label=label, read=lambda: _read_file(path))
 
 
-def _read_file(path: Path, name: str) -> bytes:
+def _read_file(path: Path) -> bytes:
     try:
         size = path.stat().st_size
         if size > image_io.MAX_BYTES:
@@ -324,7 +334,7 @@ def _read_file(path: Path, name: str) -> bytes:
         raise RejectedFile(f"cannot be read ({error.strerror or error}). Check the file's permissions.") from None
 
 
-# -- zip archives -------------------------------------------------------------------------------------------------------
+# -- zip archives ------------------------------------------------------------------------------------------------------
 
 def import_zip(project: "Project", source: str | Path | bytes | BinaryIO, label: str | None = None, *,
                folders_as_classes: bool = True, actor: str | None = None,

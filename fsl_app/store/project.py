@@ -81,6 +81,17 @@ class Project:
         self._conn_pid: int | None = None
         with self._lock:
             migrate(self._connection())
+        self._recover_interrupted_deletes()
+
+    def _recover_interrupted_deletes(self) -> None:
+        """A delete killed between moving a file aside and committing leaves a row whose file is in ``deleted/``:
+        put such files back (cheap: that folder is normally empty)."""
+        if not any(self.objects.deleted_dir.glob("*")):
+            return
+        with self._write() as conn:
+            referenced = {sha + ext for sha, ext in conn.execute(
+                "SELECT sha256, ext FROM images UNION SELECT sha256, ext FROM run_images")}
+            self.objects.recover_tombstones(referenced)
 
     # -- connection and transactions -------------------------------------------------------------------------------
 
@@ -121,10 +132,6 @@ class Project:
         """Display name (read from the database, so a rename by another process shows up)."""
         with self._read() as conn:
             return conn.execute("SELECT value FROM meta WHERE key = 'name'").fetchone()[0]
-
-    def _set_meta(self, conn: sqlite3.Connection, key: str, value: str) -> None:
-        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                     (key, value))
 
     # -- classes --------------------------------------------------------------------------------------------------
 

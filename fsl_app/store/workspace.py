@@ -16,6 +16,7 @@ process keeps working.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -34,6 +35,8 @@ HOME_ENV = "FSL_APP_HOME"
 PROJECTS_DIR = "projects"
 TRASH_DIR = ".trash"
 _CREATING_PREFIX = ".creating-"
+
+log = logging.getLogger(__name__)
 
 
 def workspace_home(home: str | Path | None = None) -> Path:
@@ -75,7 +78,8 @@ def _read_name(project_dir: Path) -> str | None:
             row = conn.execute("SELECT value FROM meta WHERE key = 'name'").fetchone()
         finally:
             conn.close()
-    except sqlite3.Error:
+    except sqlite3.Error as error:
+        log.warning("skipping project folder %s: its database cannot be read (%s)", project_dir, error)
         return None
     return row[0] if row else None
 
@@ -105,7 +109,7 @@ def _find_project_dir(name: str, home: Path) -> tuple[str, Path]:
     raise ProjectNotFoundError(
         f"no project named {normalize_name(name)!r} in {home}. "
         + (f"Existing projects: {', '.join(map(repr, names))}." if names else "There are no projects yet.")
-        + f" Create it with create_project({normalize_name(name)!r}) or `fsl-app project create`.")
+        + f" Create it with `fsl-app project create {normalize_name(name)!r}` (create_project in Python).")
 
 
 def list_projects(home: str | Path | None = None) -> list[str]:

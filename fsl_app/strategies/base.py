@@ -126,14 +126,14 @@ class Strategy(ABC):
         save_file(tensors, str(directory / "model.safetensors"))
         meta = {"strategy": self.name, "params": self.get_params(), "classes": list(self.classes_),
                 "backbone": self.backbone_.spec(), **self._state_meta()}
-        (directory / "model.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+        (directory / "model.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
     def load(cls, directory: str | Path, backbone: Backbone) -> "Strategy":
         from ._registry import get_strategy_class
 
         directory = Path(directory)
-        meta = json.loads((directory / "model.json").read_text())
+        meta = json.loads((directory / "model.json").read_text(encoding="utf-8"))
         strategy = get_strategy_class(meta["strategy"])(**meta["params"])
         strategy.classes_ = list(meta["classes"])
         strategy._restore(meta, load_file(str(directory / "model.safetensors")), backbone)
@@ -158,6 +158,7 @@ class FeatureStrategy(Strategy):
     uses_frozen_features: ClassVar[bool] = True
 
     def fit(self, support: ImageSet, *, backbone: Backbone, on_step: OnStep = None) -> "FeatureStrategy":
+        support = support.labeled()  # unlabeled images carry no class: ignore them, as train_run does
         support.check_trainable()
         self.backbone_ = backbone
         features = self._features(support)

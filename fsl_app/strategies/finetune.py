@@ -58,6 +58,7 @@ class FineTune(Strategy):
     def fit(self, support: ImageSet, *, backbone: Backbone, on_step: OnStep = None) -> "FineTune":
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        support = support.labeled()  # unlabeled images carry no class: ignore them, as train_run does
         support.check_trainable()
         torch.manual_seed(self.seed)
         self.classes_ = support.classes
@@ -84,7 +85,8 @@ class FineTune(Strategy):
         if self.mode == "head":
             return set()
         groups = group_parameters(model, model.group_matcher(coarse=True))
-        ordered = [groups[key] for key in sorted(groups)]
+        head = _classifier_prefix(model)  # the new head is always trained: it is not one of the last N groups
+        ordered = [names for key, names in sorted(groups.items()) if not all(n.startswith(head) for n in names)]
         return {name for group in ordered[-self.last_n:] for name in group} if self.last_n > 0 else set()
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:

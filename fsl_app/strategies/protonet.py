@@ -48,6 +48,7 @@ class ProtoNet(FeatureStrategy):
         return self.finetune_episodes <= 0
 
     def fit(self, support: ImageSet, *, backbone: Backbone, on_step: OnStep = None) -> "ProtoNet":
+        support = support.labeled()
         if self.finetune_episodes > 0:
             support.check_trainable(min_per_class=2)
             tuned = episodic_finetune(backbone, support, episodes=self.finetune_episodes, lr=self.finetune_lr,

@@ -1,0 +1,334 @@
+"""Q1: feature-extraction throughput of ``fsl_app.features`` on CPU, end to end and per stage.
+
+Questions answered (all rates in images/s, measured interleaved in the same run, see ``_report.interleaved``):
+
+1. Correctness: is the product's preprocessed batch equal to stacking timm's eval transform, and how far are its
+   features from eager timm's?
+2. Forward engines at one batch size: eager PyTorch (default layout, channels_last), ``torch.compile`` (optional),
+   ONNX Runtime (intra-op threads with / without spinning, single thread, data-parallel single-threaded sessions).
+3. Batch-size sweep of the ONNX Runtime modes and of the product's end-to-end extraction.
+4. End to end (decode, resize, normalize, forward) of the product ``FeatureExtractor.extract`` versus the bare
+   forward pass of the same engine on pre-made tensors (goal >= 0.9), versus a plain eager timm script (goal >= 5x),
+   and versus the pipeline as it was before this benchmark's changes (reconstructed below), on 224 px PNGs and on
+   1600 x 1200 JPEGs.
+5. Where the time goes: single-thread CPU milliseconds per image for each stage, and what PIL's JPEG ``draft`` mode
+   would save and cost in feature error (it is not used: it changes the pixels).
+
+Run alone: ``.venv/bin/python benchmarks/bench_extraction.py [--quick] [--compile]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import _datasets
+import _report
+from fsl_app.backbones import load_backbone
+from fsl_app.dataset import ImageSet
+from fsl_app.features import BatchPreprocessor, FeatureCache, FeatureExtractor, cache_root, eval_transform
+from fsl_app.images import load_image
+from fsl_app.onnx_engine import OnnxBackbone, cpu_session, cpu_threads
+
+
+# --- candidates -------------------------------------------------------------------------------------------------
+
+def product_extract(extractor: FeatureExtractor, images: ImageSet) -> int:
+    """The product path with an empty (memory-only) cache, so every image is decoded and forwarded."""
+    extractor.cache = FeatureCache(enabled=False)
+    extractor.extract(images)
+    return len(images)
+
+
+def bare_forward(forward, batch: torch.Tensor, count: int) -> int:
+    """``forward`` on the same pre-made batch until ``count`` images went through."""
+    done = 0
+    while done < count:
+        forward(batch)
+        done += len(batch)
+    return done
+
+
+def eager_forward(model: torch.nn.Module, channels_last: bool = False):
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return model(batch)
+
+    return forward
+
+
+def plain_timm_script(model: torch.nn.Module, transform, paths: list[Path], batch_size: int) -> int:
+    """What a user writes with timm alone: PIL open, the eval transform per image, eager forward per batch."""
+    with torch.inference_mode():
+        for start in range(0, len(paths), batch_size):
+            batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[start:start + batch_size]])
+            model(batch)
+    return len(paths)
+
+
+def previous_pipeline(forward, transform, paths: list[Path], batch_size: int, workers: int = 4) -> int:
+    """fsl_app's extraction before this change: 4 decode threads running the timm transform per image, one batch
+    prefetched, the forward in ONNX Runtime with intra-op threads on all cores (spinning)."""
+    batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as prefetcher:
+        def prepare(batch):
+            return torch.stack(list(pool.map(lambda p: transform(load_image(p)), batch)))
+
+        pending = prefetcher.submit(prepare, batches[0])
+        for index in range(len(batches)):
+            tensor = pending.result()
+            if index + 1 < len(batches):
+                pending = prefetcher.submit(prepare, batches[index + 1])
+            forward(tensor)
+    return len(paths)
+
+
+# --- sections ---------------------------------------------------------------------------------------------------
+
+def correctness(backbone, extractor: FeatureExtractor, image_sets: dict[str, ImageSet]) -> str:
+    transform = eval_transform(backbone.data_config)
+    model = backbone.model.eval()
+    rows = []
+    for name, images in image_sets.items():
+        subset = images.subset(range(min(24, len(images))))
+        pil = [load_image(r.path) for r in subset.records]
+        reference_batch = torch.stack([transform(im) for im in pil])
+        product_batch = extractor.preprocess(pil)
+        with torch.inference_mode():
+            reference = model(reference_batch)
+        extractor.cache = FeatureCache(enabled=False)
+        features = extractor.extract(subset)
+        scale = reference.abs().max().item()
+        rows.append([name, len(subset), f"{(product_batch - reference_batch).abs().max().item():.1e}",
+                     f"{(features - reference).abs().max().item():.1e}",
+                     f"{(features - reference).abs().max().item() / scale:.1e}"])
+    return "### Correctness\n\n" + _report.table(
+        ["images", "n", "max abs diff of the preprocessed batch vs stacked timm eval transform",
+         "max abs diff of features vs eager timm (fp32)", "same, relative to max abs feature"], rows) + (
+        "\n\nThe preprocessed batch is bit-identical (diff 0): the resize and crop are timm's own transform objects, "
+        "and the batched ToTensor + Normalize repeat the same float32 operations. The feature difference is "
+        "ONNX Runtime's kernels versus PyTorch's (the same before this change).")
+
+
+def forward_engines(backbone, batch_size: int, rounds: int, with_compile: bool) -> str:
+    path = cache_root() / "onnx" / f"{backbone.id}.onnx"
+    threads = cpu_threads()
+    batch = torch.randn(batch_size, *backbone.input_size, generator=torch.Generator().manual_seed(0))
+    default_model = copy.deepcopy(backbone.model).eval()
+    channels_last_model = copy.deepcopy(backbone.model).eval().to(memory_format=torch.channels_last)
+    engines = {
+        "eager PyTorch, default layout": eager_forward(default_model),
+        "eager PyTorch, channels_last": eager_forward(channels_last_model, channels_last=True),
+        f"ONNX Runtime, intra-op {threads} threads, spinning": OnnxBackbone(cpu_session(path, threads)),
+        f"ONNX Runtime, intra-op {threads} threads, no spinning":
+            OnnxBackbone(cpu_session(path, threads, spinning=False)),
+        "ONNX Runtime, 1 thread": OnnxBackbone(cpu_session(path, 1)),
+        f"ONNX Runtime, data-parallel {threads} x 1 thread (product default)":
+            OnnxBackbone(cpu_session(path, 1), workers=threads),
+    }
+    notes = []
+    if with_compile:
+        started = time.perf_counter()
+        compiled = torch.compile(copy.deepcopy(channels_last_model))
+        eager_forward(compiled, channels_last=True)(batch)
+        notes.append(f"`torch.compile` (inductor, channels_last) took {time.perf_counter() - started:.0f} s to "
+                     "compile and run the first batch (a later run reuses the on-disk inductor cache).")
+        engines["torch.compile, channels_last"] = eager_forward(compiled, channels_last=True)
+    else:
+        notes.append("`torch.compile` not measured in this run (pass `--compile`).")
+    candidates = {name: (lambda f=forward: bare_forward(f, batch, batch_size)) for name, forward in engines.items()}
+    rates = _report.interleaved(candidates, rounds)
+    eager = rates["eager PyTorch, default layout"]
+    rows = [[name, _report.median(values), _report.spread(values), _report.paired_ratio(values, eager)]
+            for name, values in rates.items()]
+    with torch.inference_mode():
+        reference = default_model(batch)
+    errors = {name: (forward(batch) - reference).abs().max().item() for name, forward in engines.items()}
+    for row in rows:
+        row.append(f"{errors[row[0]]:.1e}")
+    return (f"### Forward pass only, batch {batch_size}, pre-made tensors ({rounds} interleaved rounds)\n\n"
+            + _report.table(["engine", "img/s (median)", "range", "x eager default (paired)",
+                             "max abs diff vs eager"], rows)
+            + "\n\n" + " ".join(notes))
+
+
+def batch_sweep(backbone, images: ImageSet, sizes: list[int], rounds: int) -> str:
+    path = cache_root() / "onnx" / f"{backbone.id}.onnx"
+    threads = cpu_threads()
+    data = OnnxBackbone(cpu_session(path, 1), workers=threads)
+    intra = OnnxBackbone(cpu_session(path, threads))
+    extractors = {size: FeatureExtractor(backbone, batch_size=size, cache=FeatureCache(enabled=False))
+                  for size in sizes}
+    count = 64
+    candidates = {}
+    for size in sizes:
+        batch = torch.randn(size, *backbone.input_size)
+        candidates[f"data {size}"] = lambda b=batch: bare_forward(data, b, count)
+        candidates[f"intra {size}"] = lambda b=batch: bare_forward(intra, b, count)
+        candidates[f"e2e {size}"] = lambda e=extractors[size]: product_extract(e, images.subset(range(count)))
+    rates = _report.interleaved(candidates, rounds)
+    rows = [[size, _report.median(rates[f"data {size}"]), _report.median(rates[f"intra {size}"]),
+             _report.median(rates[f"e2e {size}"]), _report.paired_ratio(rates[f"e2e {size}"], rates[f"data {size}"])]
+            for size in sizes]
+    return (f"### Batch-size sweep ({count} images per measurement, {rounds} interleaved rounds)\n\n"
+            + _report.table(["batch", f"ORT data-parallel {threads} x 1 (img/s)",
+                             f"ORT intra-op {threads} threads (img/s)", "product end to end, 224 px PNG (img/s)",
+                             "end to end / data-parallel forward"], rows))
+
+
+def end_to_end(backbone, name: str, images: ImageSet, batch_size: int, rounds: int) -> tuple[str, dict]:
+    threads = cpu_threads()
+    paths = [r.path for r in images.records]
+    transform = eval_transform(backbone.data_config)
+    batch = torch.randn(batch_size, *backbone.input_size)
+    product = FeatureExtractor(backbone, batch_size=batch_size, cache=FeatureCache(enabled=False))
+    intra = FeatureExtractor(backbone, batch_size=batch_size, cache=FeatureCache(enabled=False), parallel="intra")
+    previous_engine = OnnxBackbone(cpu_session(cache_root() / "onnx" / f"{backbone.id}.onnx", threads))
+    eager_model = copy.deepcopy(backbone.model).eval()
+    n = len(images)
+    pairs = {
+        "product extract (default: data-parallel ORT)": (lambda: product_extract(product, images),
+                                                         lambda: bare_forward(product.forward_tensors, batch, n)),
+        "product extract, parallel='intra'": (lambda: product_extract(intra, images),
+                                              lambda: bare_forward(intra.forward_tensors, batch, n)),
+        "previous pipeline (before this change)": (
+            lambda: previous_pipeline(previous_engine, transform, paths, batch_size),
+            lambda: bare_forward(previous_engine, batch, n)),
+        "plain eager timm script": (lambda: plain_timm_script(eager_model, transform, paths, batch_size),
+                                    lambda: bare_forward(eager_forward(eager_model), batch, n)),
+    }
+    candidates = {}
+    for label, (e2e, bare) in pairs.items():
+        candidates[f"{label}|e2e"], candidates[f"{label}|bare"] = e2e, bare
+    rates = _report.interleaved(candidates, rounds)
+    labels = list(pairs)
+    product_rates = rates[f"{labels[0]}|e2e"]
+    rows = []
+    for label in labels:
+        e2e, bare = rates[f"{label}|e2e"], rates[f"{label}|bare"]
+        rows.append([label, _report.median(e2e), _report.spread(e2e), _report.median(bare),
+                     _report.paired_ratio(e2e, bare), _report.paired_ratio(product_rates, e2e)])
+    summary = {"e2e_over_bare": _report.paired_ratio(product_rates, rates[f"{labels[0]}|bare"]),
+               "over_eager_script": _report.paired_ratio(product_rates, rates[f"{labels[3]}|e2e"]),
+               "over_eager_forward": _report.paired_ratio(product_rates, rates[f"{labels[3]}|bare"]),
+               "over_previous": _report.paired_ratio(product_rates, rates[f"{labels[2]}|e2e"]),
+               "product": _report.median(product_rates)}
+    text = (f"### End to end, {name} ({n} images, batch {batch_size}, {rounds} interleaved rounds)\n\n"
+            + _report.table(["pipeline", "end to end img/s (median)", "range", "bare forward img/s",
+                             "end to end / its bare forward (goal >= 0.9)", "product / this (paired)"], rows)
+            + f"\n\nProduct end to end vs plain eager timm forward on pre-made tensors: "
+              f"{summary['over_eager_forward']:.1f}x (goal >= 5x).")
+    return text, summary
+
+
+def stage_costs(backbone, image_sets: dict[str, ImageSet], batch_size: int) -> str:
+    """Single-thread CPU time per image of each stage (thread_time, best of 3)."""
+    transform = eval_transform(backbone.data_config)
+    preprocessor = BatchPreprocessor.from_transform(transform)
+    session = OnnxBackbone(cpu_session(cache_root() / "onnx" / f"{backbone.id}.onnx", 1))
+
+    def best(function, repeats: int = 3) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.thread_time()
+            function()
+            times.append(time.thread_time() - start)
+        return min(times)
+
+    rows, draft_note = [], ""
+    for name, images in image_sets.items():
+        paths = [r.path for r in images.records][:batch_size]
+        pil = [load_image(p) for p in paths]
+        geometric = [preprocessor.to_array(im) for im in pil]
+        resized = [transform.transforms[1](transform.transforms[0](im)) for im in pil]
+        tensors = [transform.transforms[2](im) for im in resized]
+        batch = preprocessor.stack(geometric)
+        stages = {
+            "read + decode (`load_image`)": lambda: [load_image(p) for p in paths],
+            "resize + center crop (PIL bicubic)": lambda: [preprocessor.to_array(im) for im in pil],
+            "ToTensor + Normalize per image (timm, before)": lambda: [transform.transforms[3](
+                transform.transforms[2](im)) for im in resized],
+            "batched ToTensor + Normalize (numpy, now)": lambda: preprocessor.stack(geometric),
+            "forward, ORT 1 thread": lambda: session(batch),
+        }
+        del tensors
+        costs = {stage: 1000 * best(function) / len(paths) for stage, function in stages.items()}
+        if name.startswith("JPEG"):
+            target = _draft_size(pil[0].size, backbone)
+
+            def drafted():
+                out = []
+                for p in paths:
+                    with Image.open(p) as image:
+                        image.draft("RGB", _draft_size(image.size, backbone))
+                        out.append(preprocessor.to_array(image.convert("RGB")))
+                return out
+
+            costs["what-if: decode with JPEG `draft` + resize + crop"] = 1000 * best(drafted) / len(paths)
+            exact = session(preprocessor.stack(geometric))
+            approximate = session(preprocessor.stack(drafted()))
+            draft_error = (exact - approximate).abs().max().item() / exact.abs().max().item()
+            draft_note = (f"\n\nJPEG `draft` (DCT-domain downscaling while decoding, here to at least {target}) "
+                          f"would change the features by up to {draft_error:.1e} relative to their largest value: "
+                          "far above the 1e-5 budget, so it is not used.")
+        rows.extend([[name, stage, cost] for stage, cost in costs.items()])
+    return ("### Where the time goes (single-thread CPU ms per image, best of 3)\n\n"
+            + _report.table(["images", "stage", "CPU ms / image"], rows) + draft_note)
+
+
+def _draft_size(size: tuple[int, int], backbone) -> tuple[int, int]:
+    """The smallest size ``draft`` may decode to without the resize below needing to upscale."""
+    short = min(size)
+    scale = int(backbone.input_size[1] / backbone.data_config.get("crop_pct", 0.875)) / short
+    return max(1, int(size[0] * scale)), max(1, int(size[1] * scale))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (for `make bench`)")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes to compile)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    info = _report.machine_info()
+    rounds = 3 if args.quick else 5
+    backbone = load_backbone()
+    png = ImageSet.from_folder(_datasets.png224_folder())
+    jpeg = ImageSet.from_folder(_datasets.photos_folder())
+    product = FeatureExtractor(backbone, batch_size=args.batch_size, cache=FeatureCache(enabled=False))
+    sets = {"224 px PNG": png, "JPEG 1600 x 1200": jpeg}
+    sections = [
+        f"Backbone `{backbone.name}` ({backbone.id}), product engine `{product.engine}`, parallel "
+        f"`{product.parallel}`, {product.num_workers} workers, default batch {args.batch_size}.",
+        correctness(backbone, product, sets),
+    ]
+    png_text, png_summary = end_to_end(backbone, "224 px PNG", png.subset(range(64 if args.quick else 128)),
+                                       args.batch_size, rounds)
+    jpeg_text, jpeg_summary = end_to_end(backbone, "JPEG 1600 x 1200", jpeg.subset(range(32)), args.batch_size,
+                                         rounds)
+    sections.insert(1, "**Summary** (224 px PNG): product end to end "
+                    f"{png_summary['product']:.1f} img/s = {png_summary['e2e_over_bare']:.2f} of its bare forward "
+                    f"(goal >= 0.9), {png_summary['over_eager_script']:.1f}x a plain eager timm script and "
+                    f"{png_summary['over_eager_forward']:.1f}x eager timm's bare forward (goal >= 5x), "
+                    f"{png_summary['over_previous']:.2f}x the previous pipeline. JPEG 1600 x 1200: "
+                    f"{jpeg_summary['product']:.1f} img/s, {jpeg_summary['e2e_over_bare']:.2f} of bare forward, "
+                    f"{jpeg_summary['over_previous']:.2f}x the previous pipeline.")
+    sections += [png_text, jpeg_text,
+                 forward_engines(backbone, args.batch_size, rounds, args.compile),
+                 batch_sweep(backbone, png, [1, 8, 16, 32, 64] if not args.quick else [8, 32, 64], rounds),
+                 stage_costs(backbone, sets, 16)]
+    _report.write_result("extraction", "Q1. Feature extraction throughput (CPU)", sections, info=info,
+                         seconds=time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()

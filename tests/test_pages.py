@@ -1,0 +1,258 @@
+"""One Streamlit AppTest per page of the studio, plus training, cancelling and failing through the Train page.
+
+Every test uses the tiny random ``test_efficientnet`` backbone (``FSL_APP_TEST_BACKBONES=1``) and projects in the
+per-session ``FSL_APP_HOME`` set by conftest.py.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from fsl_app import jobs, sample_data, studio
+from fsl_app.store import create_project, open_project
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+TIMEOUT = 60
+
+
+@pytest.fixture(autouse=True)
+def tiny_backbones(monkeypatch):
+    monkeypatch.setenv(studio.TEST_BACKBONES_ENV, "1")
+
+
+def new_project(prefix: str = "pages", *, per_class: int = 4, unlabeled: int = 1) -> str:
+    project = create_project(f"{prefix} {uuid.uuid4().hex[:8]}")
+    images = sample_data.sample_images(per_class, unlabeled)
+    for label in dict.fromkeys(image.label for image in images):
+        project.import_files([(image.name, image.data) for image in images if image.label == label], label)
+    return project.name
+
+
+@pytest.fixture(scope="module")
+def trained_project() -> str:
+    """A project with one finished linear run (trained without the UI, to test the pages that show runs)."""
+    import os
+
+    os.environ[studio.TEST_BACKBONES_ENV] = "1"
+    name = new_project("trained")
+    project = open_project(name)
+    queue = jobs.JobQueue()
+    request = studio.TrainRequest(str(project.path), "test_efficientnet", "random", "linear",
+                                  studio.default_params("linear", seed=0, project_augment=None))
+    view = queue.wait(studio.submit_training(queue, request, owner=name), timeout=120)
+    queue.shutdown()
+    assert view.status == jobs.DONE, view.error
+    return name
+
+
+def open_page(page: str | None, project: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    if project is not None:
+        at.session_state["project"] = project
+    at.run()
+    if page is not None:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def run_until(at: AppTest, condition, timeout: float = 90.0) -> AppTest:
+    """Rerun the app (run_every fragments do not tick under AppTest) until ``condition(at)`` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition(at):
+        assert time.monotonic() < deadline, "the page never reached the expected state"
+        assert not at.exception, [e.value for e in at.exception]
+        time.sleep(0.3)
+        at.run()
+    return at
+
+
+def labels(widgets) -> list[str]:
+    return [widget.label for widget in widgets]
+
+
+def png(name: str = "extra") -> tuple[str, bytes, str]:
+    image = sample_data.sample_images(12, 0)[-1]
+    return f"{name}.png", image.data, "image/png"
+
+
+# --- Home -----------------------------------------------------------------------------------------------------------
+
+def test_home_offers_sample_data_and_creates_a_project():
+    at = open_page(None)
+    assert at.title[0].value.startswith("Few-shot image classification studio")
+    assert "Load the sample and train" in labels(at.button)
+    name = f"created {uuid.uuid4().hex[:6]}"
+    at.text_input(key="home-new-project").input(name)
+    at.button(key="home-new-project-button").click().run()
+    assert not at.exception
+    assert at.session_state["project"] == name
+    assert at.sidebar.selectbox[0].value == name
+    assert any(subheader.value == f"Project: {name}" for subheader in at.subheader)
+
+
+def test_sample_button_loads_the_sample_and_trains_a_first_model():
+    at = open_page(None)
+    at.button(key="sample-button").click().run()
+    assert at.session_state["project"] == sample_data.SAMPLE_PROJECT_NAME
+    assert at.title[0].value == f"Train · {sample_data.SAMPLE_PROJECT_NAME}"
+    run_until(at, lambda at: any(metric.label.startswith("Accuracy") for metric in at.metric))
+    assert open_project(sample_data.SAMPLE_PROJECT_NAME).stats().n_labeled == 24
+
+
+# --- Data -----------------------------------------------------------------------------------------------------------
+
+def test_data_page_imports_uploads_and_edits_labels_in_bulk():
+    name = new_project("data", per_class=2, unlabeled=1)
+    at = open_page("pages/data.py", name)
+    assert at.title[0].value == f"Data · {name}"
+    assert len(at.file_uploader) == 4  # one per class and the pool
+    assert any("unlabeled" in warning.value for warning in at.warning)
+    assert {metric.label for metric in at.metric} >= {"Images", "Labeled", "Unlabeled", "Classes"}
+
+    zero_uploader = next(u for u in at.file_uploader if "zero" in u.label)
+    zero_uploader.set_value([png("new"), ("broken.png", b"not an image", "image/png")]).run()
+    assert not at.exception
+    assert any("1 image(s) added to zero" in success.value for success in at.success)
+    assert any("Rejected broken.png" in error.value for error in at.error)
+
+    at.text_input(key="new-class").input("eight")
+    at.button(key=None if False else next(b.key for b in at.button if b.label == "Add class")).click().run()
+    assert "eight" in open_project(name).classes()
+
+    first = open_project(name).images(class_name="one")[0]
+    at.checkbox(key=f"pick-{first.id}").check().run()
+    at.selectbox(key="move-target").select("seven").run()
+    next(b for b in at.button if b.label.startswith("Move 1 selected")).click().run()
+    assert open_project(name).get_image(first.id).label == "seven"
+    next(b for b in at.button if b.label == "Undo last label change").click().run()
+    assert open_project(name).get_image(first.id).label == "one"
+
+
+def test_data_page_accepts_a_zip_and_shows_suggestions(trained_project):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("seven/zip-one.png", png()[1])
+        archive.writestr("readme.txt", b"not an image")
+    at = open_page("pages/data.py", trained_project)
+    pool = next(u for u in at.file_uploader if "zip" in u.label)
+    pool.set_value(("more.zip", buffer.getvalue(), "application/zip")).run()
+    assert not at.exception
+    assert any("added" in success.value for success in at.success)
+
+    at.toggle(key="suggest-on").set_value(True).run()
+    assert not at.exception
+    accept = [b for b in at.button if b.label.startswith("Accept ") and b.key and b.key.startswith("accept-")]
+    assert accept, "no suggestion shown for the unlabeled pool"
+    before = open_project(trained_project).stats().n_unlabeled
+    accept[0].click().run()
+    assert open_project(trained_project).stats().n_unlabeled == before - 1
+
+
+# --- Augment --------------------------------------------------------------------------------------------------------
+
+def test_augment_page_previews_and_saves_a_custom_pipeline():
+    name = new_project("augment", per_class=2, unlabeled=0)
+    at = open_page("pages/augment.py", name)
+    assert at.selectbox(key="aug-choice").value == "light"
+    assert len(at.image) == 3 * (1 + 5)  # 3 images: the original and 5 copies each
+    at.selectbox(key="aug-choice").select("custom").run()
+    at.slider(key="aug-rotate_degrees").set_value(90).run()
+    at.slider(key="aug-blur").set_value(0.5).run()
+    next(b for b in at.button if b.label == "Save with the project").click().run()
+    assert not at.exception
+    saved = studio.load_project_augment(open_project(name))
+    assert saved.choice == "custom" and saved.settings.rotate_degrees == 90 and saved.settings.blur == 0.5
+
+
+# --- Train ----------------------------------------------------------------------------------------------------------
+
+def test_train_page_trains_the_tiny_backbone_and_shows_the_accuracy():
+    name = new_project("train")
+    at = open_page("pages/train.py", name)
+    assert at.selectbox(key="train-backbone").value == "test_efficientnet"
+    assert at.radio(key="train-weights").value == "random"
+    assert any("Random weights" in warning.value for warning in at.warning)
+    assert at.selectbox(key="train-strategy").value == "linear"
+    assert "classifier" in labels(at.selectbox) and "Evaluation protocol" in labels(at.selectbox)
+    assert any("device" in caption.value for caption in at.caption)
+    at.button(key="train-button").click().run()
+    run_until(at, lambda at: any(metric.label.startswith("Accuracy") for metric in at.metric))
+    accuracy = next(metric for metric in at.metric if metric.label.startswith("Accuracy"))
+    assert accuracy.label == "Accuracy (loo)" and "%" in accuracy.value
+    assert len(studio.project_runs(open_project(name))) == 1
+
+
+def test_train_page_cancels_a_running_fine_tuning():
+    name = new_project("cancel", per_class=3, unlabeled=0)
+    at = open_page("pages/train.py", name)
+    at.selectbox(key="train-strategy").select("finetune").run()
+    at.number_input(key="param-finetune-epochs").set_value(500).run()
+    at.number_input(key="param-finetune-patience").set_value(1000).run()
+    at.selectbox(key="param-finetune-augment").select("none").run()
+    at.button(key="train-button").click().run()
+    run_until(at, lambda at: any(b.label == "Cancel" and b.key.startswith("cancel-") for b in at.button)
+              and at.get("plotly_chart"))
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    run_until(at, lambda at: any("Cancelled" in info.value for info in at.info))
+    assert studio.project_runs(open_project(name)) == []
+
+
+def test_train_page_shows_a_failed_job_in_words():
+    name = new_project("fail", per_class=2, unlabeled=0)
+    at = open_page("pages/train.py", name)
+    at.radio(key="train-weights").set_value("file").run()
+    at.file_uploader(key="train-weights-file").set_value(("weights.pth", b"garbage", "application/octet-stream"))
+    at.run()
+    at.button(key="train-button").click().run()
+    run_until(at, lambda at: len(at.error) > 0)
+    assert "cannot be read safely" in at.error[0].value
+    assert any(expander.label == "Details for a bug report" for expander in at.expander)
+
+
+def test_a_new_session_reattaches_to_the_project_and_its_jobs(trained_project):
+    name = new_project("reload", per_class=2, unlabeled=0)
+    first = open_page("pages/train.py", name)
+    first.button(key="train-button").click().run()
+    reloaded = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    reloaded.query_params["project"] = name
+    reloaded.run()
+    reloaded.switch_page("pages/train.py").run()
+    assert reloaded.title[0].value == f"Train · {name}"
+    run_until(reloaded, lambda at: any(metric.label.startswith("Accuracy") for metric in at.metric))
+
+
+# --- Compare --------------------------------------------------------------------------------------------------------
+
+def test_compare_page_shows_the_table_charts_and_embedding_map(trained_project):
+    at = open_page("pages/compare.py", trained_project)
+    assert at.title[0].value == f"Compare · {trained_project}"
+    table = at.dataframe[0].value
+    assert list(table["strategy"]) == ["linear"] and "accuracy %" in table.columns
+    assert {"Confusion matrices", "Accuracy per class", "Misclassified held-out images", "Embedding map"} <= {
+        subheader.value for subheader in at.subheader}
+    assert len(at.get("plotly_chart")) >= 3  # confusion, per class, embedding map
+    assert "Evaluate 3 strategies" in labels(at.button)
+    at.radio(key="map-method").set_value("tsne").run()
+    assert not at.exception and not at.error
+
+
+# --- Export & try ---------------------------------------------------------------------------------------------------
+
+def test_export_page_predicts_an_uploaded_image_and_offers_downloads(trained_project):
+    at = open_page("pages/export.py", trained_project)
+    assert at.title[0].value == f"Export & try · {trained_project}"
+    assert any(button.label.startswith("Run folder (.zip)") for button in at.get("download_button"))
+    for format in studio.export_formats():
+        assert any(format in button.label.lower() for button in at.button)
+    at.file_uploader(key="try-image").set_value(png("query")).run()
+    assert not at.exception and not at.error
+    assert any(markdown.value.startswith("Prediction: **") for markdown in at.markdown)
+    assert any("Nearest training images" in caption.value for caption in at.caption)
