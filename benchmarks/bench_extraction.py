@@ -161,14 +161,13 @@ def forward_engines(backbone, batch_size: int, rounds: int, with_compile: bool) 
             + "\n\n" + " ".join(notes))
 
 
-def batch_sweep(backbone, images: ImageSet, sizes: list[int], rounds: int) -> str:
+def batch_sweep(backbone, images: ImageSet, sizes: list[int], rounds: int, count: int) -> str:
     path = cache_root() / "onnx" / f"{backbone.id}.onnx"
     threads = cpu_threads()
     data = OnnxBackbone(cpu_session(path, 1), workers=threads)
     intra = OnnxBackbone(cpu_session(path, threads))
     extractors = {size: FeatureExtractor(backbone, batch_size=size, cache=FeatureCache(enabled=False))
                   for size in sizes}
-    count = 64
     candidates = {}
     for size in sizes:
         batch = torch.randn(size, *backbone.input_size)
@@ -313,8 +312,8 @@ def main() -> None:
     ]
     png_text, png_summary = end_to_end(backbone, "224 px PNG", png.subset(range(64 if args.quick else 128)),
                                        args.batch_size, rounds)
-    jpeg_text, jpeg_summary = end_to_end(backbone, "JPEG 1600 x 1200", jpeg.subset(range(32)), args.batch_size,
-                                         rounds)
+    jpeg_text, jpeg_summary = end_to_end(backbone, "JPEG 1600 x 1200", jpeg.subset(range(16 if args.quick else 32)),
+                                         min(args.batch_size, 16 if args.quick else 32), rounds)
     sections.insert(1, "**Summary** (224 px PNG): product end to end "
                     f"{png_summary['product']:.1f} img/s = {png_summary['e2e_over_bare']:.2f} of its bare forward "
                     f"(goal >= 0.9), {png_summary['over_eager_script']:.1f}x a plain eager timm script and "
@@ -324,7 +323,8 @@ def main() -> None:
                     f"{jpeg_summary['over_previous']:.2f}x the previous pipeline.")
     sections += [png_text, jpeg_text,
                  forward_engines(backbone, args.batch_size, rounds, args.compile),
-                 batch_sweep(backbone, png, [1, 8, 16, 32, 64] if not args.quick else [8, 32, 64], rounds),
+                 batch_sweep(backbone, png, [1, 8, 16, 32, 64] if not args.quick else [8, 32], rounds,
+                             32 if args.quick else 64),
                  stage_costs(backbone, sets, 16)]
     _report.write_result("extraction", "Q1. Feature extraction throughput (CPU)", sections, info=info,
                          seconds=time.perf_counter() - started)

@@ -203,6 +203,7 @@ def evaluate_episodes(strategy: Strategy, images: ImageSet, backbone: Backbone, 
     images = images.labeled()
     classes = images.classes
     y = images.label_indices(classes)
+    sample_episode(y, n_way, k_shot, n_query, np.random.default_rng(seed))  # impossible settings fail before extraction
     rng = np.random.default_rng(seed)
     features = get_extractor(backbone).extract(images, progress=progress is not None) \
         if strategy.uses_frozen_features else None

@@ -20,7 +20,6 @@ correctly classified held-out images of the run (``predictions.json``).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -49,7 +48,7 @@ THRESHOLD_KEEP = 0.95  # "auto": accept at least this fraction of correct held-o
 PROBABILITY_TOLERANCE = 1e-4  # an export must reproduce the PyTorch probabilities this closely
 BUNDLE_FILES = ("model.safetensors", "config.json", "README.md", "predict.py", "model.onnx", "predict_onnx.py",
                 "requirements.txt")
-_TIMM_PREFIX = "backbone."
+_BACKBONE_PREFIX = "backbone."
 
 
 class ModelFileError(ValueError):
@@ -137,7 +136,7 @@ class OnnxPredictor(Predictor):
         super().__init__(info["classes"], info["preprocessing"], info.get("threshold"))
         self.info = info
         self._run = OnnxBackbone(session)  # generic (n, 3, H, W) -> first output callable
-        _check_output_width(self.logits(torch.zeros(1, *info["preprocessing"]["input_size"])), info, path)
+        _check_model_answers(self, path)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         return self._run(batch)
@@ -158,7 +157,7 @@ class TorchScriptPredictor(Predictor):
         except Exception as error:  # noqa: BLE001 - any decoding failure is the same user-facing problem
             raise ModelFileError(f"{path} cannot be loaded as TorchScript ({error}). Re-export it with "
                                  "`fsl-app export RUN_DIR --format torchscript`.") from error
-        _check_output_width(self.logits(torch.zeros(1, *info["preprocessing"]["input_size"])), info, path)
+        _check_model_answers(self, path)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -201,12 +200,23 @@ def load_predictor(path: str | Path) -> Predictor:
     return loader(path)
 
 
-def _check_output_width(logits: torch.Tensor, info: dict, path: Path) -> None:
-    """The model must give one logit per class named in its metadata."""
-    if logits.ndim != 2 or logits.shape[1] != len(info["classes"]):
+def _check_model_answers(predictor: Predictor, path: Path) -> None:
+    """One blank image of the metadata's input size must give one logit per class named in the metadata."""
+    blank = torch.zeros(1, *predictor.data_config["input_size"])
+    try:
+        logits = predictor.logits(blank)
+    except Exception as error:  # noqa: BLE001 - the runtimes raise many types for a model that does not fit
+        raise ModelFileError(f"{path}: the model does not accept the input size in its metadata "
+                             f"{tuple(blank.shape)} ({_first_line(error)}). The file was modified; re-export it with "
+                             "`fsl-app export`.") from error
+    if logits.ndim != 2 or logits.shape[1] != len(predictor.classes):
         raise ModelFileError(f"{path}: the model outputs {tuple(logits.shape)} for one image but its metadata names "
-                             f"{len(info['classes'])} classes. The file was modified; re-export it with `fsl-app "
+                             f"{len(predictor.classes)} classes. The file was modified; re-export it with `fsl-app "
                              "export`.")
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 # --- export metadata ------------------------------------------------------------------------------------------------
@@ -284,7 +294,7 @@ def _open_onnx_session(path: Path):
     try:
         return cpu_session(path)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises several types for a bad file
-        raise ModelFileError(f"{path} cannot be read as an ONNX model ({str(error).splitlines()[0][:200]}). Pass "
+        raise ModelFileError(f"{path} cannot be read as an ONNX model ({_first_line(error)}). Pass "
                              "a .onnx written by `fsl-app export RUN_DIR --format onnx`.") from error
 
 
@@ -331,7 +341,8 @@ def read_bundle_state(bundle: Path, info: dict) -> dict[str, torch.Tensor]:
         raise ModelFileError(f"{bundle}: model.safetensors does not match config.json: {'; '.join(problems[:3])}"
                              f"{' ...' if len(problems) > 3 else ''}. The bundle was edited or mixes files of two "
                              "exports; re-export it with `fsl-app export RUN_DIR --format bundle`.")
-    expected_sha = info.get("files", {}).get("model.safetensors")
+    files = info.get("files") if isinstance(info.get("files"), dict) else {}
+    expected_sha = files.get("model.safetensors")
     if expected_sha and hashlib.sha256(data).hexdigest() != expected_sha:
         raise ModelFileError(f"{bundle}: model.safetensors was modified after export (its sha256 differs from the "
                              "one in config.json). Re-export the bundle with `fsl-app export`.")
@@ -351,7 +362,7 @@ def expected_state_shapes(info: dict) -> dict[str, tuple[int, ...]]:
     head = _checked_head_spec(info)
     with torch.device("meta"):
         backbone = _create_timm_backbone(info, head)
-    shapes = {_TIMM_PREFIX + key: tuple(value.shape) for key, value in backbone.state_dict().items()}
+    shapes = {_BACKBONE_PREFIX + key: tuple(value.shape) for key, value in backbone.state_dict().items()}
     shapes.update({"head." + key: shape for key, shape in head_state_shapes(head).items()})
     return shapes
 
@@ -364,7 +375,7 @@ def head_state_shapes(head: dict) -> dict[str, tuple[int, ...]]:
     shapes = {"normalizer.center": (features,)}
     if head["kind"] == "linear":
         return {**shapes, "linear.weight": (classes, features), "linear.bias": (classes,)}
-    return {**shapes, "support": (head["n_support"], features), "coef": (head["n_support"], classes),
+    return {**shapes, "support": (head.get("n_support"), features), "coef": (head.get("n_support"), classes),
             "intercept": (classes,)}
 
 
@@ -483,7 +494,7 @@ def prepare_export(run_dir: str | Path, *, threshold: str | float | None = None)
             "classes": classes, "preprocessing": _jsonable(config["backbone"]["data_config"]),
             "threshold": threshold, "threshold_rule": _threshold_rule(threshold, automatic, run["predictions"] or []),
             "strategy": strategy.name, "params": _jsonable(strategy.get_params()),
-            "backbone": {key: config["backbone"].get(key) for key in ("name", "weights", "source", "id")},
+            "backbone": _backbone_summary(config["backbone"]),
             "head": head, "quantization": None}
     return Exportable(module=module.cpu().float().eval(), info=info, run=run)
 
@@ -502,6 +513,18 @@ def portable_module(module: nn.Module) -> tuple[nn.Module, dict | None]:
     if hasattr(module, "get_classifier") and isinstance(getattr(module, "num_classes", None), int):
         return ImageClassifier(module, nn.Identity()), {"kind": "timm", "n_classes": module.num_classes}
     return module, None
+
+
+def _backbone_summary(spec: dict) -> dict:
+    """Name, weights, source and id of the run's backbone; a local checkpoint path is cut to its file name."""
+    from .backbones import WEIGHT_SOURCES
+
+    summary = {key: spec.get(key) for key in ("name", "weights", "source", "id")}
+    if summary["weights"] not in WEIGHT_SOURCES:
+        summary["weights"] = Path(str(summary["weights"])).name
+    if str(summary["source"]).startswith("file:"):
+        summary["source"] = "file:" + Path(str(summary["source"])[len("file:"):]).name
+    return summary
 
 
 def _fsl_app_version() -> str:
@@ -550,22 +573,32 @@ def _check_same_probabilities(logits: torch.Tensor, exportable: Exportable, name
 
 
 def quantize_int8(source: Path, out: Path) -> Path:
-    """Dynamic int8 quantization (onnxruntime's ``quantize_dynamic``): weights stored as uint8, activations quantized
-    on the fly. Depthwise convolutions stay float: quantized they are the slowest part (measured in
-    benchmarks/results_export.md) and hold few weights. The file is about 4x smaller."""
+    """Dynamic int8 quantization for CPU deployment (onnxruntime ``quantize_dynamic``): a ~3x smaller file.
+
+    Weights are stored as uint8 and activations quantized at run time. The first convolution (it sees the raw
+    pixels) and depthwise convolutions stay float: quantizing them cost the most accuracy and speed for few weights
+    (benchmarks/results_export.md has the measured drop and speed ratio).
+    """
     import logging
 
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    depthwise = [node.name for node in onnx.load(str(source), load_external_data=False).graph.node
-                 if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)]
     logging.disable(logging.WARNING)  # onnxruntime logs shape-inference chatter on the root logger
     try:
-        quantize_dynamic(str(source), str(out), weight_type=QuantType.QUInt8, nodes_to_exclude=depthwise)
+        quantize_dynamic(str(source), str(out), weight_type=QuantType.QUInt8,
+                         nodes_to_exclude=_convolutions_kept_float(source))
     finally:
         logging.disable(logging.NOTSET)
     return out
+
+
+def _convolutions_kept_float(path: Path) -> list[str]:
+    """Names of the first Conv node (graph order is topological) and of every depthwise (grouped) Conv."""
+    import onnx
+
+    convolutions = [node for node in onnx.load(str(path)).graph.node if node.op_type == "Conv"]
+    grouped = [node.name for node in convolutions if any(a.name == "group" and a.i > 1 for a in node.attribute)]
+    return ([convolutions[0].name] if convolutions else []) + grouped
 
 
 def attach_onnx_metadata(path: Path, info: dict) -> None:
@@ -720,17 +753,7 @@ def model_card(exportable: Exportable, quantize: str | None = None) -> str:
         "",
         "## Limits",
         "",
-        f"- Trained on {sum(counts.values()) if counts else 'few'} images: the accuracy above is an estimate with a "
-        "wide confidence interval, not a guarantee.",
-        "- Closed set: every image gets one of the classes"
-        + (" unless its top probability is below the threshold (then `unknown`); a probability threshold catches "
-           "many, not all, unfamiliar images." if info["threshold"] is not None else "; re-export with "
-           "`--threshold auto` to report unfamiliar images as `unknown`."),
-        "- Images unlike the training data (other lighting, devices, subjects) can be confidently wrong.",
-        *(["- The backbone had random weights (no pretraining): expect poor accuracy."]
-          if str(info["backbone"]["source"]).startswith("random") else []),
-        *([f"- model.onnx is {quantize}-quantized: faster on CPU, probabilities differ slightly from "
-           "model.safetensors."] if quantize else []),
+        *_card_limits(info, sum(counts.values()), quantize),
         "",
         "## Run it",
         "",
@@ -745,6 +768,23 @@ def model_card(exportable: Exportable, quantize: str | None = None) -> str:
         "(metadata in its `metadata_props`).",
         "",
     ])
+
+
+def _card_limits(info: dict, n_images: int, quantize: str | None) -> list[str]:
+    """The model card's "Limits" bullets."""
+    limits = [f"- Trained on {n_images or 'few'} images: the accuracy above is an estimate with a wide confidence "
+              "interval, not a guarantee.",
+              "- Closed set: every image gets one of the classes"
+              + (" unless its top probability is below the threshold (then `unknown`); a probability threshold "
+                 "catches many, not all, unfamiliar images." if info["threshold"] is not None else
+                 "; re-export with `--threshold auto` to report unfamiliar images as `unknown`."),
+              "- Images unlike the training data (other lighting, devices, subjects) can be confidently wrong."]
+    if str(info["backbone"]["source"]).startswith("random"):
+        limits.append("- The backbone had random weights (no pretraining): expect poor accuracy.")
+    if quantize:
+        limits.append(f"- model.onnx is {quantize}-quantized (about 3x smaller): its probabilities differ from "
+                      "model.safetensors and can change the top class of borderline images.")
+    return limits
 
 
 def _describe_augment(spec) -> str:
@@ -776,30 +816,33 @@ WRITERS: dict[str, Callable[..., Path]] = {"onnx": write_onnx, "torchscript": wr
                                            "bundle": write_bundle}
 
 
-def export_run(run_dir: str | Path, format: str, out: str | Path | None = None, *,
+def export_run(run_dir: str | Path, export_format: str, out: str | Path | None = None, *,
                threshold: str | float | None = None, quantize: str | None = None) -> Path:
-    """Export a run folder as ``format`` (onnx, torchscript, bundle) to ``out`` (default: next to the run)."""
+    """Export a run folder as ``export_format`` (onnx, torchscript, bundle) to ``out`` (default: next to the run).
+
+    ``threshold``: ``"auto"``, ``"none"``/None or a probability; ``quantize``: None or ``"int8"`` (ONNX formats).
+    """
     run_dir = Path(run_dir)
-    if format not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {format!r}. Pick one of: {', '.join(EXPORT_FORMATS)}.")
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {export_format!r}. Pick one of: {', '.join(EXPORT_FORMATS)}.")
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantize!r}. Pick one of: {', '.join(QUANTIZATIONS)}.")
-    if quantize and format == "torchscript":
+    if quantize and export_format == "torchscript":
         raise ValueError("--quantize applies to ONNX models. Use --format onnx or bundle, or drop --quantize.")
     parse_threshold(threshold)
     if not (run_dir / "model.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished run folder (no model.json). Pass a folder written by "
                                 "`fsl-app train`.")
-    out = export_path(run_dir, format, out)
-    return WRITERS[format](prepare_export(run_dir, threshold=threshold), out, quantize=quantize)
+    out = export_path(run_dir, export_format, out)
+    return WRITERS[export_format](prepare_export(run_dir, threshold=threshold), out, quantize=quantize)
 
 
-def export_path(run_dir: Path, format: str, out: str | Path | None) -> Path:
+def export_path(run_dir: Path, export_format: str, out: str | Path | None) -> Path:
     """``out`` checked for the format's suffix, or ``<run folder><suffix>`` next to the run (runs are immutable)."""
-    suffixes = FORMAT_SUFFIXES[format]
+    suffixes = FORMAT_SUFFIXES[export_format]
     out = Path(out) if out is not None else run_dir.parent / (run_dir.name + suffixes[0])
     if out.suffix.lower() not in suffixes:
-        raise ValueError(f"--out {out} must end in {' or '.join(suffixes)} for --format {format}, so `fsl-app "
+        raise ValueError(f"--out {out} must end in {' or '.join(suffixes)} for --format {export_format}, so `fsl-app "
                          f"predict` can tell the format. Use --out {out.with_suffix(suffixes[0])}.")
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder. Pass a file path such as {out / ('model' + suffixes[0])}.")
@@ -831,12 +874,12 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _exported_info(out: Path, format: str) -> dict:
-    if format == "onnx":
+def _exported_info(out: Path, export_format: str) -> dict:
+    if export_format == "onnx":
         import onnx
 
         return info_from_onnx_metadata({p.key: p.value for p in onnx.load(str(out)).metadata_props})
-    if format == "torchscript":
+    if export_format == "torchscript":
         return read_torchscript_info(out)
     return _read_bundle_json(out, "config.json")
 

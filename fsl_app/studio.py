@@ -677,10 +677,11 @@ def source_names(project) -> dict[str, str]:
 # --- export ---------------------------------------------------------------------------------------------------------
 
 EXPORTS_FOLDER = "exports"
-FORMAT_LABELS = {
-    "onnx": "ONNX (.onnx: runs with onnxruntime, no PyTorch needed)",
-    "torchscript": "TorchScript (.pt: runs with PyTorch only)",
-    "bundle": "Bundle (.zip: safetensors, ONNX, predict scripts and a model card)",
+FORMAT_LABELS = {"onnx": "ONNX", "torchscript": "TorchScript", "bundle": "Bundle"}
+FORMAT_HELP = {
+    "onnx": ".onnx file: runs with onnxruntime alone, no PyTorch needed",
+    "torchscript": ".pt file: runs with PyTorch alone",
+    "bundle": ".zip: safetensors weights, ONNX model, predict scripts, requirements and a model card",
 }
 
 

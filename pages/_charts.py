@@ -7,13 +7,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 METRIC_NAMES = {"loss": "loss", "train_acc": "train accuracy", "val_acc": "validation accuracy"}
+CLASS_COLOURS = px.colors.qualitative.D3
 DASH = {"loss": "solid", "train_acc": "solid", "val_acc": "dot"}
 
 
 def training_curves(rows: list[dict], *, height: int = 300) -> go.Figure:
     """Loss (left) and train / validation accuracy (right) per epoch; one colour per run."""
     figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
-    palette = px.colors.qualitative.Plotly
+    palette = CLASS_COLOURS
     series = list(dict.fromkeys(row["run"] for row in rows))
     for number, name in enumerate(series):
         for metric in METRIC_NAMES:
@@ -40,7 +41,8 @@ def confusion_heatmap(classes: list[str], matrix: list[list[int]], title: str) -
 
 
 def per_class_bars(rows: list[dict]) -> go.Figure:
-    figure = px.bar(rows, x="class", y="accuracy %", color="run", barmode="group", range_y=[0, 100])
+    figure = px.bar(rows, x="class", y="accuracy %", color="run", barmode="group", range_y=[0, 100],
+                    color_discrete_sequence=CLASS_COLOURS)
     figure.update_layout(height=320, margin={"l": 10, "r": 10, "t": 10, "b": 10},
                          legend={"orientation": "h", "y": -0.3})
     return figure
@@ -49,7 +51,7 @@ def per_class_bars(rows: list[dict]) -> go.Figure:
 def embedding_scatter(points: list[dict], title: str) -> go.Figure:
     """Points coloured by class; symbol: held-out, training only, prototype; hover: file name."""
     figure = px.scatter(points, x="x", y="y", color="label", symbol="role", hover_name="file",
-                        custom_data=["path"], title=title,
+                        custom_data=["path"], title=title, color_discrete_sequence=CLASS_COLOURS,
                         symbol_map={"held-out (evaluated)": "circle", "training only": "circle-open",
                                     "prototype": "star"},
                         labels={"label": "class", "role": ""})

@@ -53,13 +53,20 @@ def remember(name: str) -> None:
 
 
 def current_settings() -> studio.AugmentSettings:
-    return studio.AugmentSettings.from_dict(st.session_state["aug-draft"]["settings"])
+    """The sliders' values (the draft fills in those not drawn this run)."""
+    values = {**st.session_state["aug-draft"]["settings"],
+              **{name: st.session_state[f"aug-{name}"] for name in SLIDERS if f"aug-{name}" in st.session_state}}
+    return studio.AugmentSettings.from_dict(values)
+
+
+def current_choice() -> str:
+    return st.session_state.get("aug-choice", st.session_state["aug-draft"]["choice"])
 
 
 def controls() -> None:
     st.selectbox("Pipeline", CHOICES, key="aug-choice", on_change=remember, args=("choice",),
                  help="Presets go from none to strong; custom lets you set every transform.")
-    if st.session_state["aug-draft"]["choice"] != "custom":
+    if current_choice() != "custom":
         st.caption("Choose **custom** to edit the transforms with sliders.")
         return
     for name, (label, low, high, step) in SLIDERS.items():
@@ -68,7 +75,7 @@ def controls() -> None:
 
 def save(project) -> None:
     try:
-        studio.save_project_augment(project, st.session_state["aug-draft"]["choice"], current_settings())
+        studio.save_project_augment(project, current_choice(), current_settings())
         st.session_state["aug-message"] = "Saved: fine-tuning runs of this project will use this pipeline."
     except ValueError as error:
         st.session_state["aug-error"] = str(error)
@@ -107,7 +114,7 @@ st.caption("Train-time augmentation shows the model varied copies of your few im
 left, right = st.columns([1, 2])
 with left:
     controls()
-    pipeline = studio.pipeline_dict(st.session_state["aug-draft"]["choice"], current_settings())
+    pipeline = studio.pipeline_dict(current_choice(), current_settings())
     st.button("Save with the project", type="primary", on_click=save, args=(project,), icon=":material/save:")
     if "aug-message" in st.session_state:
         st.success(st.session_state.pop("aug-message"))

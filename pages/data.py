@@ -53,7 +53,7 @@ def import_report() -> None:
 
 def uploader(project, label: str | None, title: str, key: str) -> None:
     files = st.file_uploader(title, type=IMAGE_TYPES, accept_multiple_files=True,
-                             key=f"upload-{key}-{st.session_state.get('upload_round', 0)}")
+                             key=f"upload-{st.session_state.get('upload_round', 0)}-{key}")
     if files:
         import_uploads(project, files, label)
 
@@ -64,7 +64,7 @@ def add_images_section(project) -> None:
     columns = st.columns(min(3, max(1, len(classes))))
     for index, name in enumerate(classes):
         with columns[index % len(columns)]:
-            uploader(project, name, f"Images of **{name}**", f"class-{index}")
+            uploader(project, name, f"Images of **{name}**", f"class-{name}")
     left, right = st.columns(2)
     with left:
         uploader(project, None, "Many files or a zip (a zip's folders become classes; loose files stay unlabeled)",
@@ -176,7 +176,8 @@ def browse_section(project) -> None:
     st.subheader("Browse and edit")
     counts = project.class_counts()
     options = list(counts) + [UNLABELED]
-    if st.session_state.get("browse-class") not in options:
+    current = st.session_state.get("browse-class")
+    if current not in options or (current == UNLABELED and len(options) > 1 and not project.images(labeled=False)):
         st.session_state["browse-class"] = options[0]
     shown_class = st.segmented_control("Show", options, key="browse-class",
                                        format_func=lambda name: f"{name} ({counts[name]})" if name in counts else name)
@@ -230,7 +231,8 @@ def accept(project, image_id: int, label: str) -> None:
         st.session_state["data-error"] = str(error)
 
 
-def accept_confident(project, suggestions, threshold: float) -> None:
+def accept_confident(project, suggestions) -> None:
+    threshold = st.session_state["suggest-threshold"]
     chosen = [s for s in suggestions if s.confidence >= threshold]
     for label in {s.label for s in chosen}:
         project.set_labels([s.image_id for s in chosen if s.label == label], label, create_missing_class=True,
@@ -257,7 +259,7 @@ def suggestions_section(project) -> None:
     threshold = st.slider("Accept every suggestion at least this confident", 0.5, 1.0, 0.9, 0.05,
                           key="suggest-threshold")
     st.button(f"Accept the {sum(s.confidence >= threshold for s in suggestions)} confident suggestion(s)",
-              on_click=accept_confident, args=(project, suggestions, threshold))
+              on_click=accept_confident, args=(project, suggestions))
     columns = st.columns(GRID_COLUMNS)
     for index, suggestion in enumerate(suggestions):
         with columns[index % GRID_COLUMNS]:

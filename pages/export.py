@@ -14,11 +14,11 @@ IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
 
 def run_summary(run: dict) -> None:
     config, metrics = run["config"], run["metrics"] or {}
-    columns = st.columns(4)
-    columns[0].metric("Strategy", config.get("strategy"))
-    columns[1].metric("Backbone", config.get("backbone", {}).get("name"))
-    columns[2].metric(f"Accuracy ({metrics.get('protocol')})", studio.accuracy_text(metrics))
-    columns[3].metric("Classes", len(config.get("classes", [])), help=", ".join(config.get("classes", [])))
+    left, right = st.columns([3, 1])
+    left.markdown(f"**{config.get('strategy')}** on **{config.get('backbone', {}).get('name')}** "
+                  f"({config.get('backbone', {}).get('source')} weights), trained on {metrics.get('n_images')} "
+                  f"images of {len(config.get('classes', []))} classes: {', '.join(config.get('classes', []))}.")
+    right.metric(f"Accuracy ({metrics.get('protocol')})", studio.accuracy_text(metrics))
 
 
 def try_image(run: dict) -> None:
@@ -50,10 +50,11 @@ def try_image(run: dict) -> None:
 def downloads(project, run: dict) -> None:
     st.subheader("Download the model")
     run_dir = run["run_dir"]
-    st.download_button("Run folder (.zip): config, metrics, model.safetensors", key="download-run",
+    st.download_button("Run folder (.zip)", key="download-run",
                        data=lambda: studio.run_zip_bytes(run_dir), file_name=f"{run['name']}.zip",
                        mime="application/zip", on_click="ignore", icon=":material/folder_zip:")
-    st.caption("Use it with `fsl-app predict RUN_FOLDER image.jpg` or `fsl-app export`.")
+    st.caption("config, metrics, predictions and model.safetensors: use it with "
+               "`fsl-app predict RUN_FOLDER image.jpg` or `fsl-app export`.")
     for format in studio.export_formats():
         export_button(project, run_dir, format)
     if "export-error" in st.session_state:
@@ -69,15 +70,18 @@ def prepare_export(project, run_dir: str, format: str) -> None:
 
 
 def export_button(project, run_dir: str, format: str) -> None:
-    label = studio.FORMAT_LABELS.get(format, format)
+    label, description = studio.FORMAT_LABELS.get(format, format), studio.FORMAT_HELP.get(format, "")
     prepared = st.session_state.get(f"export-{format}-{run_dir}")
-    if prepared is None:
-        st.button(f"Prepare {label}", key=f"prepare-{format}", on_click=prepare_export,
-                  args=(project, run_dir, format))
-        return
-    path = Path(prepared)
-    st.download_button(f"Download {label}", key=f"download-{format}", data=lambda: path.read_bytes(),
-                       file_name=path.name, on_click="ignore", icon=":material/download:")
+    left, right = st.columns([2, 3], vertical_alignment="center")
+    right.caption(description)
+    with left:
+        if prepared is None:
+            st.button(f"Prepare {label}", key=f"prepare-{format}", on_click=prepare_export,
+                      args=(project, run_dir, format), width="stretch")
+            return
+        path = Path(prepared)
+        st.download_button(f"Download {label}", key=f"download-{format}", data=lambda: path.read_bytes(),
+                           file_name=path.name, on_click="ignore", icon=":material/download:", width="stretch")
 
 
 project = _shared.require_project()

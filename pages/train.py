@@ -57,47 +57,56 @@ def weights_picker(project, name: str, summary: studio.BackboneSummary) -> str |
         upload = st.file_uploader("Checkpoint (.pth, .pt, .bin or .safetensors state dict)",
                                   type=["pth", "pt", "bin", "safetensors"], key="train-weights-file")
         if upload is None:
+            st.session_state.pop("train-weights-path", None)
             st.info("Drop a checkpoint file made for this architecture.")
             return None
-        return str(studio.save_weights_file(project, upload.name, upload.getvalue()))
+        path = str(studio.save_weights_file(project, upload.name, upload.getvalue()))
+        st.session_state["train-weights-path"] = path
+        return path
     if summary.needs_download:
         st.warning(f"No pretrained weights for {name} on this computer ({summary.availability}). Training will "
                    "try to download them; offline, choose a checkpoint file instead.", icon=":material/cloud_off:")
     return "auto"
 
 
-def param_widget(strategy: str, spec: studio.ParamSpec):
-    key = f"param-{strategy}-{spec.name}"
+def param_key(strategy: str, name: str) -> str:
+    return f"param-{strategy}-{name}"
+
+
+def widget_default(spec: studio.ParamSpec):
+    return studio.PROJECT_AUGMENT if spec.kind == "augment" else spec.default
+
+
+def param_widget(strategy: str, spec: studio.ParamSpec) -> None:
+    key, default, help_text = param_key(strategy, spec.name), widget_default(spec), spec.help or None
     if spec.kind in ("choice", "augment"):
-        default = studio.PROJECT_AUGMENT if spec.kind == "augment" else spec.default
         options = list(spec.choices)
-        return st.selectbox(spec.name, options, index=options.index(default) if default in options else 0,
-                            key=key, help=spec.help or None)
-    if spec.kind == "bool":
-        return st.checkbox(spec.name, value=spec.default, key=key, help=spec.help or None)
-    if spec.kind == "int":
-        return int(st.number_input(spec.name, value=int(spec.default), step=1, key=key, help=spec.help or None))
-    if spec.kind == "float":
-        return float(st.number_input(spec.name, value=float(spec.default), format="%g", key=key,
-                                     help=spec.help or None))
-    return st.text_input(spec.name, value=str(spec.default), key=key, help=spec.help or None)
+        st.selectbox(spec.name, options, index=options.index(default) if default in options else 0, key=key,
+                     help=help_text)
+    elif spec.kind == "bool":
+        st.checkbox(spec.name, value=default, key=key, help=help_text)
+    elif spec.kind == "int":
+        st.number_input(spec.name, value=int(default), step=1, key=key, help=help_text)
+    elif spec.kind == "float":
+        st.number_input(spec.name, value=float(default), format="%g", key=key, help=help_text)
+    else:
+        st.text_input(spec.name, value=str(default), key=key, help=help_text)
 
 
-def strategy_picker() -> tuple[str, dict]:
+def strategy_picker() -> None:
     names = studio.strategy_names()
     strategy = st.selectbox("Strategy", names, index=names.index(DEFAULT_STRATEGY) if DEFAULT_STRATEGY in names
                             else 0, key="train-strategy")
     with st.expander("Hyperparameters"):
-        values = {spec.name: param_widget(strategy, spec) for spec in studio.param_specs(strategy)}
-    return strategy, values
+        for spec in studio.param_specs(strategy):
+            param_widget(strategy, spec)
 
 
-def protocol_picker() -> tuple[str, int]:
+def protocol_picker() -> None:
     left, right = st.columns([3, 1])
-    protocol = left.selectbox("Evaluation protocol", list(studio.PROTOCOL_LABELS),
-                              format_func=studio.PROTOCOL_LABELS.get, key="train-protocol")
-    seed = right.number_input("Seed", 0, 1_000_000, 0, key="train-seed")
-    return protocol, int(seed)
+    left.selectbox("Evaluation protocol", list(studio.PROTOCOL_LABELS), format_func=studio.PROTOCOL_LABELS.get,
+                   key="train-protocol")
+    right.number_input("Seed", 0, 1_000_000, 0, key="train-seed")
 
 
 def readiness(project) -> bool:
@@ -111,22 +120,38 @@ def readiness(project) -> bool:
     return True
 
 
-def submit(request: studio.TrainRequest, owner: str) -> None:
-    studio.submit_training(_shared.job_queue(), request, owner=owner)
+def request_from_state(project) -> studio.TrainRequest:
+    """The request as the widgets stand now (read in the Train button's callback, so never one rerun late)."""
+    state = st.session_state
+    backbone = state.get("train-backbone")
+    if backbone == OTHER_BACKBONE:
+        backbone = (state.get("train-backbone-other") or "").strip()
+    weights = state.get("train-weights", "auto")
+    if weights == "file":
+        weights = state.get("train-weights-path", "")
+    strategy, seed = state["train-strategy"], int(state.get("train-seed", 0))
+    values = {spec.name: state.get(param_key(strategy, spec.name), widget_default(spec))
+              for spec in studio.param_specs(strategy)}
+    params = studio.resolve_params(strategy, values, seed=seed,
+                                   project_augment=studio.load_project_augment(project).resolved_pipeline())
+    return studio.TrainRequest(str(project.path), backbone, weights, strategy, params,
+                               state.get("train-protocol", "auto"), seed)
+
+
+def submit(project) -> None:
+    request = request_from_state(project)
+    studio.submit_training(_shared.job_queue(), request, owner=project.name)
     st.toast(f"Queued: {request.title()}", icon=":material/schedule:")
 
 
 def training_form(project) -> None:
     name, summary = backbone_picker()
     weights = weights_picker(project, name, summary)
-    strategy, values = strategy_picker()
-    protocol, seed = protocol_picker()
+    strategy_picker()
+    protocol_picker()
     ready = readiness(project)
-    params = studio.resolve_params(strategy, values, seed=seed,
-                                   project_augment=studio.load_project_augment(project).resolved_pipeline())
-    request = studio.TrainRequest(str(project.path), name, weights or "", strategy, params, protocol, seed)
     st.button("Train", type="primary", icon=":material/play_arrow:", disabled=not ready or weights is None,
-              on_click=submit, args=(request, project.name), key="train-button")
+              on_click=submit, args=(project,), key="train-button")
 
 
 # --- the jobs -------------------------------------------------------------------------------------------------------
@@ -158,7 +183,7 @@ def finished_card(view: jobs.JobView) -> None:
         if view.status == jobs.DONE:
             metrics = view.result["metrics"]
             st.markdown(f":material/check_circle: **{view.title}** · {view.elapsed_s:.0f} s")
-            columns = st.columns(3)
+            columns = st.columns([3, 2, 2])
             columns[0].metric(f"Accuracy ({metrics.get('protocol')})", studio.accuracy_text(metrics),
                               help="mean accuracy on held-out images ± 95 % confidence interval")
             columns[1].metric("Balanced accuracy", studio.percent(metrics.get("balanced_accuracy")))

@@ -34,7 +34,7 @@ except ImportError:  # tests/ is on sys.path, not the repository root
 
 FORMATS = ("onnx", "torchscript", "bundle")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "bundle": ".zip"}
-TINY_PARAMS = {"finetune": {"epochs": 2, "batch_size": 8, "patience": 2}}
+TINY_PARAMS = {"finetune": {"epochs": 2, "batch_size": 16, "patience": 2}}
 EXTRA_BUNDLE_CASES = {"linear-rbf": ("linear", {"classifier": "rbf"})}  # the RBF-kernel head in predict.py
 CASES = {name: (name, TINY_PARAMS.get(name, {})) for name in list_strategies()} | EXTRA_BUNDLE_CASES
 TOLERANCE = 1e-4
@@ -101,32 +101,59 @@ def exports(runs, workspace) -> dict[tuple[str, str], Path]:
     files = {}
     for case, result in runs.items():
         formats = FORMATS if case not in EXTRA_BUNDLE_CASES else ("bundle",)
-        for format in formats:
-            out = workspace / "exports" / f"{case}{SUFFIXES[format]}"
-            files[case, format] = export_run(result.run_dir, format, out, threshold="auto")
+        for export_format in formats:
+            out = workspace / "exports" / f"{case}{SUFFIXES[export_format]}"
+            files[case, export_format] = export_run(result.run_dir, export_format, out, threshold="auto")
         with zipfile.ZipFile(files[case, "bundle"]) as archive:
             archive.extractall(workspace / "unzipped" / case)
     return files
 
 
+class FreshProcesses:
+    """Three subprocesses started together; ``[name]`` waits for one and returns its JSON output."""
+
+    def __init__(self, jobs: dict[str, tuple[str, list[str]]], images: list[str], folder: Path):
+        self.logs = {name: (folder / f"{name}.out", folder / f"{name}.err") for name in jobs}
+        self.processes = {name: subprocess.Popen([sys.executable, "-c", code, json.dumps(targets), *images],
+                                                 cwd=folder, stdout=self.logs[name][0].open("w"),
+                                                 stderr=self.logs[name][1].open("w"))
+                          for name, (code, targets) in jobs.items()}
+        self.outputs: dict[str, dict] = {}
+
+    def __getitem__(self, name: str) -> dict:
+        if name not in self.outputs:
+            code = self.processes[name].wait(timeout=300)
+            stdout, stderr = (path.read_text() for path in self.logs[name])
+            assert code == 0, f"{name} failed:\n{stderr[-3000:]}"
+            self.outputs[name] = json.loads(stdout.strip().splitlines()[-1])
+        return self.outputs[name]
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 @pytest.fixture(scope="module")
-def fresh_processes(runs, exports, query_paths, workspace) -> dict:
-    """Outputs of the three fresh processes (started together): fsl-app predict, predict.py, predict_onnx.py."""
-    images = [str(path) for path in query_paths]
+def fresh_processes(runs, exports, query_paths, workspace):
+    """fsl-app predict over every export and run folder, the bundles' predict.py, and their predict_onnx.py."""
     models = [str(path) for path in exports.values()] + [str(result.run_dir) for result in runs.values()]
     unzipped = [workspace / "unzipped" / case for case in runs]
     jobs = {"fsl_app": (FSL_APP_PREDICT, models),
             "predict.py": (BUNDLE_SCRIPTS, [str(folder / "predict.py") for folder in unzipped]),
             "predict_onnx.py": (BUNDLE_SCRIPTS, [str(folder / "predict_onnx.py") for folder in unzipped])}
-    started = {name: subprocess.Popen([sys.executable, "-c", code, json.dumps(targets), *images], cwd=workspace,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for name, (code, targets) in jobs.items()}
-    outputs = {}
-    for name, process in started.items():
-        stdout, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, f"{name} failed:\n{stderr[-3000:]}"
-        outputs[name] = json.loads(stdout.strip().splitlines()[-1])
-    return outputs
+    processes = FreshProcesses(jobs, [str(path) for path in query_paths], workspace)
+    yield processes
+    processes.stop()
+
+
+@pytest.fixture(autouse=True)
+def _start_fresh_processes_early(request):
+    """The first test that trains starts the fresh processes too, so they run while the in-process tests do
+    (their checks come last in this file); tests that need no run never start them."""
+    if "runs" in request.fixturenames:
+        request.getfixturevalue("fresh_processes")
 
 
 def assert_same_predictions(output: list[dict], probabilities: torch.Tensor, classes: list[str],
@@ -146,41 +173,6 @@ def assert_same_predictions(output: list[dict], probabilities: torch.Tensor, cla
 
 def run_threshold(result) -> float:
     return choose_threshold(json.loads((result.run_dir / "predictions.json").read_text()))
-
-
-# --- every strategy x every format, in a fresh process --------------------------------------------------------------
-
-@pytest.mark.parametrize("format", FORMATS)
-@pytest.mark.parametrize("strategy", list_strategies())
-def test_export_predicts_like_the_app_in_a_fresh_process(strategy, format, runs, exports, expected, fresh_processes,
-                                                         query_paths):
-    result = fresh_processes["fsl_app"]["results"][str(exports[strategy, format])]
-    assert result["code"] == 0
-    assert_same_predictions(result["output"], expected[strategy], runs[strategy].strategy.classes_,
-                            run_threshold(runs[strategy]), query_paths)
-
-
-@pytest.mark.parametrize("strategy", list_strategies())
-def test_run_folder_predicts_like_the_app_in_a_fresh_process(strategy, runs, expected, fresh_processes,
-                                                             query_paths):
-    result = fresh_processes["fsl_app"]["results"][str(runs[strategy].run_dir)]
-    assert_same_predictions(result["output"], expected[strategy], runs[strategy].strategy.classes_, None,
-                            query_paths)
-
-
-@pytest.mark.parametrize("script", ["predict.py", "predict_onnx.py"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_bundle_scripts_predict_like_the_app_without_fsl_app(case, script, runs, expected, fresh_processes,
-                                                             workspace, query_paths):
-    output = fresh_processes[script]["results"][str(workspace / "unzipped" / case / script)]
-    assert_same_predictions(output, expected[case], runs[case].strategy.classes_, run_threshold(runs[case]),
-                            query_paths)
-
-
-def test_fresh_processes_import_only_what_they_need(fresh_processes):
-    assert fresh_processes["fsl_app"]["modules"] == []  # no streamlit
-    assert fresh_processes["predict.py"]["modules"] == ["torch"]  # no fsl_app
-    assert fresh_processes["predict_onnx.py"]["modules"] == []  # neither torch nor fsl_app
 
 
 # --- what the files hold --------------------------------------------------------------------------------------------
@@ -256,13 +248,13 @@ def astronaut(workspace) -> Path:
     return path
 
 
-@pytest.mark.parametrize("format", FORMATS)
-def test_out_of_distribution_image_is_unknown_with_a_high_threshold(format, runs, workspace, astronaut,
+@pytest.mark.parametrize("export_format", FORMATS)
+def test_out_of_distribution_image_is_unknown_with_a_high_threshold(export_format, runs, workspace, astronaut,
                                                                     query_paths):
     """The RBF-kernel head is confident only near its training images (with the random tiny backbone too)."""
     result = runs["linear-rbf"]
-    out = workspace / "strict" / f"linear-rbf{SUFFIXES[format]}"
-    assert cli_main(["export", str(result.run_dir), "--format", format, "--out", str(out),
+    out = workspace / "strict" / f"linear-rbf{SUFFIXES[export_format]}"
+    assert cli_main(["export", str(result.run_dir), "--format", export_format, "--out", str(out),
                      "--threshold", "0.99"]) == 0
     digit, photo = load_predictor(out).predict_paths([query_paths[0], astronaut])
     assert photo["label"] == UNKNOWN_LABEL and photo["probability"] < 0.99
@@ -270,9 +262,10 @@ def test_out_of_distribution_image_is_unknown_with_a_high_threshold(format, runs
     assert digit["label"] == "digit_0"  # a training image stays above the threshold
 
 
-def test_without_threshold_the_top_class_is_always_reported(runs, exports, astronaut, workspace):
-    out = export_run(runs["linear"].run_dir, "onnx", workspace / "open" / "linear.onnx")
-    assert load_predictor(out).predict_paths([astronaut])[0]["label"] in runs["linear"].strategy.classes_
+def test_without_threshold_the_top_class_is_always_reported(runs, astronaut):
+    predictor = load_predictor(runs["linear-rbf"].run_dir)
+    assert predictor.threshold is None
+    assert predictor.predict_paths([astronaut])[0]["label"] in runs["linear-rbf"].strategy.classes_
 
 
 # --- int8 ----------------------------------------------------------------------------------------------------------
@@ -312,6 +305,7 @@ def test_pickled_checkpoint_is_refused_without_unpickling(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated in recent torch
 def test_torchscript_without_fsl_app_metadata_is_refused(tmp_path):
     traced = torch.jit.trace(torch.nn.Linear(3, 2), torch.zeros(1, 3))
     traced.save(str(tmp_path / "other.pt"))
@@ -428,3 +422,38 @@ def test_predictions_of_an_unzipped_bundle_folder_match_the_zip(exports, workspa
     from_zip = load_predictor(exports["protonet", "bundle"]).predict_paths(query_paths[:3])
     from_folder = load_predictor(workspace / "unzipped" / "protonet").predict_paths(query_paths[:3])
     assert from_zip == from_folder
+
+
+# --- every strategy x every format, in a fresh process --------------------------------------------------------------
+
+@pytest.mark.parametrize("export_format", FORMATS)
+@pytest.mark.parametrize("strategy", list_strategies())
+def test_export_predicts_like_the_app_in_a_fresh_process(strategy, export_format, runs, exports, expected,
+                                                         fresh_processes, query_paths):
+    result = fresh_processes["fsl_app"]["results"][str(exports[strategy, export_format])]
+    assert result["code"] == 0
+    assert_same_predictions(result["output"], expected[strategy], runs[strategy].strategy.classes_,
+                            run_threshold(runs[strategy]), query_paths)
+
+
+@pytest.mark.parametrize("strategy", list_strategies())
+def test_run_folder_predicts_like_the_app_in_a_fresh_process(strategy, runs, expected, fresh_processes,
+                                                             query_paths):
+    result = fresh_processes["fsl_app"]["results"][str(runs[strategy].run_dir)]
+    assert_same_predictions(result["output"], expected[strategy], runs[strategy].strategy.classes_, None,
+                            query_paths)
+
+
+@pytest.mark.parametrize("script", ["predict.py", "predict_onnx.py"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_bundle_scripts_predict_like_the_app_without_fsl_app(case, script, runs, expected, fresh_processes,
+                                                             workspace, query_paths):
+    output = fresh_processes[script]["results"][str(workspace / "unzipped" / case / script)]
+    assert_same_predictions(output, expected[case], runs[case].strategy.classes_, run_threshold(runs[case]),
+                            query_paths)
+
+
+def test_fresh_processes_import_only_what_they_need(fresh_processes):
+    assert fresh_processes["fsl_app"]["modules"] == []  # no streamlit
+    assert fresh_processes["predict.py"]["modules"] == ["torch"]  # no fsl_app
+    assert fresh_processes["predict_onnx.py"]["modules"] == []  # neither torch nor fsl_app

@@ -33,6 +33,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 STARTUP_TIMEOUT_S = 90
 TRAIN_TIMEOUT_MS = 120_000
 UI_TIMEOUT_MS = 60_000
+VIEWPORT = {"width": 1440, "height": 1000}
 
 
 def free_port() -> int:
@@ -92,7 +93,7 @@ def browser_page(server):
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+        context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
         page = context.new_page()
         page.set_default_timeout(UI_TIMEOUT_MS)
         yield page
@@ -101,11 +102,15 @@ def browser_page(server):
 
 
 def screenshot(page, name: str) -> None:
-    """Full-page screenshot in test-artifacts/ (and docs/ with FSL_APP_UPDATE_DOCS=1)."""
-    page.wait_for_timeout(800)  # let charts finish their transition
+    """The whole page (the viewport grows to the app's height) in test-artifacts/, and docs/ on request."""
+    height = page.evaluate("() => { const main = document.querySelector('[data-testid=\"stMain\"]');"
+                           " return main ? main.scrollHeight : document.body.scrollHeight; }")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], min(height, 4000))})
+    page.wait_for_timeout(1000)  # charts re-layout to the new size
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"screenshot-{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path))
+    page.set_viewport_size(VIEWPORT)
     if os.environ.get("FSL_APP_UPDATE_DOCS"):
         DOCS.mkdir(exist_ok=True)
         shutil.copy(path, DOCS / path.name)
@@ -141,7 +146,8 @@ def add_class(page, name: str) -> None:
 
 
 def upload(page, label: str, files: list[str]) -> None:
-    uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text=f"Images of {label}")
+    wait_idle(page)
+    uploader = page.locator(f'[class*="st-key-upload-"][class*="-class-{label}"]')  # key: upload-<round>-class-<label>
     uploader.locator('input[type="file"]').set_input_files(files)
     page.get_by_text(f"{len(files)} image(s) added to {label}").wait_for()
     wait_idle(page)
@@ -194,6 +200,7 @@ def test_create_upload_train_compare_and_download(browser_page, server, tmp_path
     page.locator('[data-testid="stFileUploader"]').filter(has_text="Drop an image").locator(
         'input[type="file"]').set_input_files(query)
     page.get_by_text("Prediction:").wait_for()
+    wait_idle(page)
     with page.expect_download() as download_info:
         page.get_by_role("button", name="Run folder (.zip)").click()
     download = download_info.value

@@ -1,0 +1,234 @@
+"""The ``fsl-app`` command line (fsl_app.cli), called in-process through ``main([...])``, plus one real subprocess.
+
+The tiny random backbone (``--backbone test_efficientnet --weights random``) keeps every command fast and offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_digits_folder
+from fsl_app.cli import EXIT_USAGE, main
+
+TINY = ["--backbone", "test_efficientnet", "--weights", "random"]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_clean_error(code: int, err: str, *fragments: str) -> None:
+    assert code == EXIT_USAGE
+    assert "Traceback" not in err
+    last_line = err.strip().splitlines()[-1]  # progress bars may come before it
+    assert last_line.startswith("fsl-app ") and "error:" in last_line, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, digits_dir):
+    """``fsl-app train ... --json`` once; returns (exit code, stdout, run folder)."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    code = main(["train", str(digits_dir), "--strategy", "linear", *TINY, "--out", str(out), "--json",
+                 "--param", "C=2.5", "--seed", "4"])
+    return code, out
+
+
+@pytest.fixture(scope="module")
+def new_images(tmp_path_factory) -> Path:
+    return make_digits_folder(tmp_path_factory.mktemp("new"), classes=(0, 1), per_class=1, offset=8)
+
+
+# --- train --------------------------------------------------------------------------------------------------------
+
+def test_train_json_writes_the_run(tmp_path, digits_dir, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(capsys, "train", digits_dir, "--strategy", "protonet", *TINY, "--out", out, "--json",
+                              "--protocol", "kfold")
+    assert code == 0
+    metrics = json.loads(stdout)  # exactly one JSON document on stdout
+    assert metrics["run_dir"] == str(out) and metrics["protocol"] == "kfold"
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n_images"] == 18
+    for name in ("config.json", "metrics.json", "metrics.jsonl", "predictions.json", "model.json",
+                 "model.safetensors"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["accuracy"] == metrics["accuracy"]
+
+
+def test_train_passes_params_and_seed_to_the_strategy(trained):
+    code, out = trained
+    assert code == 0
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["strategy"] == "linear" and config["seed"] == 4
+    assert config["params"]["C"] == 2.5 and config["params"]["seed"] == 4
+    assert config["backbone"]["name"] == "test_efficientnet" and config["backbone"]["weights"] == "random"
+
+
+def test_train_human_output(tmp_path, digits_dir, capsys):
+    code, stdout, _ = run_cli(capsys, "train", digits_dir, "--strategy", "protonet", *TINY, "--out",
+                              tmp_path / "human", "--protocol", "kfold")
+    assert code == 0
+    assert "kfold accuracy" in stdout and f"run saved to {tmp_path / 'human'}" in stdout
+
+
+def test_train_refuses_an_existing_run(trained, digits_dir, capsys):
+    _, out = trained
+    code, stdout, err = run_cli(capsys, "train", digits_dir, "--strategy", "linear", *TINY, "--out", out)
+    assert_clean_error(code, err, "already exists", "Choose another --out")
+    assert stdout == ""
+
+
+# --- evaluate -----------------------------------------------------------------------------------------------------
+
+def test_evaluate_json_prints_one_object(digits_dir, capsys):
+    code, stdout, _ = run_cli(capsys, "evaluate", digits_dir, "--strategy", "protonet", *TINY, "--n-way", 3,
+                              "--k-shot", 2, "--queries", 2, "--episodes", 4, "--json")
+    assert code == 0
+    assert len(stdout.strip().splitlines()) == 1
+    result = json.loads(stdout)
+    assert isinstance(result, dict)
+    assert 0.0 <= result["mean_accuracy"] <= 100.0 and result["ci95"] >= 0.0
+    assert result["n_way"] == 3 and result["k_shot"] == 2 and result["episodes"] == 4
+    assert result["strategy"] == "protonet" and result["backbone"].startswith("test_efficientnet-")
+
+
+def test_evaluate_human_output(digits_dir, capsys):
+    code, stdout, _ = run_cli(capsys, "evaluate", digits_dir, "--strategy", "linear", *TINY, "--n-way", 2,
+                              "--k-shot", 1, "--queries", 1, "--episodes", 2)
+    assert code == 0 and "2-way 1-shot, 2 episodes:" in stdout and "%" in stdout
+
+
+def test_evaluate_with_too_few_images_is_a_clean_error(digits_dir, capsys):
+    code, _, err = run_cli(capsys, "evaluate", digits_dir, "--strategy", "protonet", *TINY, "--n-way", 3,
+                           "--k-shot", 5, "--queries", 15, "--episodes", 2, "--json")
+    assert_clean_error(code, err, "needs 3 classes with at least 20 images", "Lower --n-way")
+
+
+# --- predict ------------------------------------------------------------------------------------------------------
+
+def test_predict_json_lists_one_result_per_image(trained, new_images, capsys):
+    _, out = trained
+    images = sorted(new_images.rglob("*.png"))
+    code, stdout, _ = run_cli(capsys, "predict", out, *images, "--json")
+    assert code == 0
+    results = json.loads(stdout)
+    assert isinstance(results, list) and [item["image"] for item in results] == [str(path) for path in images]
+    classes = {"digit_0", "digit_1", "digit_2"}
+    for item in results:
+        assert set(item) == {"image", "label", "probability", "top_k"}
+        assert item["label"] in classes
+        assert [entry["label"] for entry in item["top_k"]][0] == item["label"]
+        assert item["probability"] == item["top_k"][0]["probability"]
+        probabilities = [entry["probability"] for entry in item["top_k"]]
+        assert probabilities == sorted(probabilities, reverse=True) and len(probabilities) == 3
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_matches_the_loaded_run(trained, new_images, capsys):
+    from fsl_app.dataset import ImageSet
+    from fsl_app.runs import load_run
+
+    _, out = trained
+    code, stdout, _ = run_cli(capsys, "predict", out, new_images, "--json", "--top-k", 1)  # a folder expands
+    assert code == 0
+    results = json.loads(stdout)
+    strategy, _ = load_run(out)
+    images = ImageSet.from_folder(new_images)
+    assert [item["label"] for item in results] == strategy.predict(images)
+    assert all(len(item["top_k"]) == 1 for item in results)
+
+
+def test_predict_reports_unreadable_images_and_exits_1(trained, new_images, tmp_path, capsys):
+    _, out = trained
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not a picture")
+    good = sorted(new_images.rglob("*.png"))[0]
+    code, stdout, _ = run_cli(capsys, "predict", out, good, broken, "--json")
+    assert code == 1
+    results = json.loads(stdout)
+    assert results[0]["label"] in {"digit_0", "digit_1", "digit_2"}
+    assert results[1]["image"] == str(broken) and "not an image" in results[1]["error"]
+
+
+def test_predict_without_images_is_a_clean_error(trained, capsys):
+    _, out = trained
+    code, _, err = run_cli(capsys, "predict", out)
+    assert_clean_error(code, err, "no images given")
+
+
+def test_predict_with_a_folder_that_is_not_a_run(tmp_path, new_images, capsys):
+    code, _, err = run_cli(capsys, "predict", tmp_path, *sorted(new_images.rglob("*.png")), "--json")
+    assert_clean_error(code, err, str(tmp_path))
+
+
+# --- clean errors -------------------------------------------------------------------------------------------------
+
+def test_missing_data_dir_is_a_clean_error(tmp_path, capsys):
+    code, stdout, err = run_cli(capsys, "train", tmp_path / "no_such_dir", "--strategy", "linear", *TINY,
+                                "--out", tmp_path / "run")
+    assert_clean_error(code, err, "no_such_dir", "neither an existing folder nor a project")
+    assert stdout == "" and not (tmp_path / "run").exists()
+
+
+def test_data_dir_without_images_is_a_clean_error(tmp_path, capsys):
+    (tmp_path / "data" / "cats").mkdir(parents=True)
+    code, _, err = run_cli(capsys, "train", tmp_path / "data", "--strategy", "linear", *TINY)
+    assert_clean_error(code, err, "holds no images", "one sub-folder per class")
+
+
+def test_data_dir_with_one_class_is_a_clean_error(tmp_path, capsys):
+    data = make_digits_folder(tmp_path / "data", classes=(7,), per_class=2)
+    code, _, err = run_cli(capsys, "evaluate", data, "--strategy", "linear", *TINY, "--n-way", 2, "--k-shot", 1)
+    assert_clean_error(code, err, "needs 2 classes")
+    code, _, err = run_cli(capsys, "train", data, "--strategy", "linear", *TINY, "--out", tmp_path / "run")
+    assert_clean_error(code, err, "at least 2 classes", "Add images for another class")
+
+
+@pytest.mark.parametrize("arguments, fragments", [
+    (["--strategy", "maml"], ["unknown strategy 'maml'", "linear"]),
+    (["--strategy", "linear", "--param", "gamma=3"], ["gamma", "classifier"]),
+    (["--strategy", "linear", "--param", "C"], ["must look like name=value"]),
+    (["--strategy", "linear", "--backbone", "resnet_nope"], ["unknown backbone"]),
+])
+def test_bad_options_are_clean_errors(digits_dir, tmp_path, capsys, arguments, fragments):
+    argv = ["train", digits_dir, "--weights", "random", "--out", tmp_path / "run", *arguments]
+    if "--backbone" not in arguments:
+        argv += ["--backbone", "test_efficientnet"]
+    code, _, err = run_cli(capsys, *argv)
+    assert_clean_error(code, err, *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_checkpoint_is_a_clean_error(digits_dir, tmp_path, capsys):
+    (tmp_path / "w.pth").write_bytes(b"not a checkpoint")
+    code, _, err = run_cli(capsys, "train", digits_dir, "--strategy", "linear", "--backbone", "test_efficientnet",
+                           "--weights", tmp_path / "w.pth")
+    assert_clean_error(code, err, "w.pth", "cannot be read safely")
+
+
+def test_missing_required_option_is_a_usage_error(digits_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(digits_dir)])
+    assert exit_info.value.code == 2
+    assert "--strategy" in capsys.readouterr().err
+
+
+# --- the installed entry point ------------------------------------------------------------------------------------
+
+def test_installed_entry_point_help():
+    script = Path(sys.executable).with_name("fsl-app.exe" if os.name == "nt" else "fsl-app")
+    assert script.is_file(), f"{script} missing: run `pip install -e .`"
+    completed = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=180)
+    assert completed.returncode == 0, completed.stderr
+    for command in ("train", "evaluate", "predict", "export", "ui"):
+        assert command in completed.stdout
+    assert "Traceback" not in completed.stderr
