@@ -191,8 +191,8 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any decoding failure is the same user-facing problem
-        raise BackboneError(f"checkpoint {path} cannot be read safely ({error}). Pass a plain state dict saved "
-                            "with torch.save(model.state_dict()) or safetensors.") from error
+        raise BackboneError(f"checkpoint {path} cannot be read safely ({_read_failure(error)}). Pass a plain state "
+                            "dict saved with torch.save(model.state_dict()) or safetensors.") from error
     for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -200,6 +200,14 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BackboneError(f"checkpoint {path} is not a state dict of tensors. Save model.state_dict().")
     return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def _read_failure(error: Exception) -> str:
+    """One line saying why; never torch's advice to retry with weights_only=False, which would run the file's code."""
+    text = str(error).strip()
+    if "weights only load failed" in text.lower():
+        return "not a plain file of tensors: it holds other pickled Python objects, or is no checkpoint at all"
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _load_file(name: str, path: Path, num_classes: int) -> tuple[nn.Module, str]:

@@ -168,11 +168,9 @@ class BundlePredictor(Predictor):
     """A bundle ``.zip`` (or its unzipped folder): safetensors weights rebuilt onto timm + fsl_app's head."""
 
     def __init__(self, path: str | Path):
-        path = Path(path)
-        info = check_export_info(_read_bundle_json(path, "config.json"), path)
+        self.module, info = load_bundle(path)
         super().__init__(info["classes"], info["preprocessing"], info.get("threshold"))
         self.info = info
-        self.module = build_bundle_module(info, read_bundle_state(path, info)).eval()
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -299,6 +297,16 @@ def _open_onnx_session(path: Path):
 
 
 # --- bundles: safetensors state <-> module --------------------------------------------------------------------------
+
+def load_bundle(path: str | Path) -> tuple[nn.Module, dict]:
+    """The module (n, 3, H, W) -> logits (n, C) and the ``config.json`` of a bundle .zip or unzipped folder.
+
+    Only JSON and safetensors are read; the weights must match the config's names, shapes and checksum.
+    """
+    path = Path(path)
+    info = check_export_info(_read_bundle_json(path, "config.json"), path)
+    return build_bundle_module(info, read_bundle_state(path, info)).eval(), info
+
 
 def _read_bundle_bytes(bundle: Path, name: str) -> bytes:
     """One member of a bundle .zip, or one file of an unzipped bundle folder."""

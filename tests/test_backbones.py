@@ -145,7 +145,7 @@ def test_backbone_contract(tmp_path, hub_cache, no_network, name, source):
 def test_sources_are_reported(tmp_path, hub_cache):
     torch.save(load_backbone("test_efficientnet", "random").model.state_dict(), tmp_path / "w.pth")
     assert load_backbone("test_efficientnet", "random").source == "random"
-    assert load_backbone("test_efficientnet", tmp_path / "w.pth").source == f"file:{tmp_path / 'w.pth'}"
+    assert load_backbone("test_efficientnet", tmp_path / "w.pth").source == f"file:{(tmp_path / 'w.pth').resolve()}"
     fake_hub_cache(hub_cache, "test_efficientnet", state_of(perturbed_model("test_efficientnet", num_classes=1000)))
     assert load_backbone("test_efficientnet", "auto").source == "hub-cache"
     assert describe_backbone("test_efficientnet").availability == "hub cache"
@@ -222,6 +222,7 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
 def test_pickled_objects_are_refused_without_running_them(tmp_path, writer):
     marker = tmp_path / "code_ran"
@@ -233,7 +234,10 @@ def test_pickled_objects_are_refused_without_running_them(tmp_path, writer):
     with pytest.raises(BackboneError) as error:
         load_backbone("test_efficientnet", path)
     assert not marker.exists()
-    assert "cannot be read safely" in str(error.value) and "state_dict" in str(error.value)
+    message = str(error.value)
+    assert "cannot be read safely" in message and "state_dict" in message
+    # one line, and never torch's advice to retry with weights_only=False (that would run the payload)
+    assert "\n" not in message and "weights_only" not in message
 
 
 def test_non_state_dict_checkpoint_is_refused(tmp_path):
@@ -246,9 +250,11 @@ def test_corrupt_checkpoint_is_refused(tmp_path, tiny_backbone):
     torch.save(tiny_backbone.model.state_dict(), tmp_path / "full.pth")
     (tmp_path / "cut.pth").write_bytes((tmp_path / "full.pth").read_bytes()[:2000])
     (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    for name in ("cut.pth", "cut.safetensors"):
-        with pytest.raises(BackboneError, match="cannot be read safely"):
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    for name in ("cut.pth", "cut.safetensors", "text.pth"):
+        with pytest.raises(BackboneError, match="cannot be read safely") as error:
             load_backbone("test_efficientnet", tmp_path / name)
+        assert name in str(error.value) and "\n" not in str(error.value) and "weights_only" not in str(error.value)
 
 
 def test_missing_checkpoint_file(tmp_path):

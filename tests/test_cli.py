@@ -34,6 +34,12 @@ def assert_clean_error(code: int, err: str, *fragments: str) -> None:
         assert fragment in err, err
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """A command that falls back to its default ``runs/`` folder writes into a temp dir, never into the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, digits_dir):
     """``fsl-app train ... --json`` once; returns (exit code, stdout, run folder)."""

@@ -248,14 +248,14 @@ def astronaut(workspace) -> Path:
     return path
 
 
-@pytest.mark.parametrize("export_format", FORMATS)
-def test_out_of_distribution_image_is_unknown_with_a_high_threshold(export_format, runs, workspace, astronaut,
-                                                                    query_paths):
-    """The RBF-kernel head is confident only near its training images (with the random tiny backbone too)."""
+def test_out_of_distribution_image_is_unknown_with_a_high_threshold(runs, workspace, astronaut, query_paths):
+    """The RBF-kernel head is confident only near its training images (with the random tiny backbone too).
+
+    That every format and both bundle scripts carry the threshold is checked by the fresh-process tests below.
+    """
     result = runs["linear-rbf"]
-    out = workspace / "strict" / f"linear-rbf{SUFFIXES[export_format]}"
-    assert cli_main(["export", str(result.run_dir), "--format", export_format, "--out", str(out),
-                     "--threshold", "0.99"]) == 0
+    out = workspace / "strict" / "linear-rbf.onnx"
+    assert cli_main(["export", str(result.run_dir), "--format", "onnx", "--out", str(out), "--threshold", "0.99"]) == 0
     digit, photo = load_predictor(out).predict_paths([query_paths[0], astronaut])
     assert photo["label"] == UNKNOWN_LABEL and photo["probability"] < 0.99
     assert photo["top_k"][0]["label"] in result.strategy.classes_
@@ -451,6 +451,18 @@ def test_bundle_scripts_predict_like_the_app_without_fsl_app(case, script, runs,
     output = fresh_processes[script]["results"][str(workspace / "unzipped" / case / script)]
     assert_same_predictions(output, expected[case], runs[case].strategy.classes_, run_threshold(runs[case]),
                             query_paths)
+
+
+@pytest.mark.parametrize("export_format", FORMATS)
+def test_auto_threshold_rejects_some_images_in_every_format(export_format, exports, fresh_processes, workspace):
+    """With the tiny random backbone the linear run is unsure of some digits: 'unknown' next to real labels."""
+    outputs = [fresh_processes["fsl_app"]["results"][str(exports["linear", export_format])]["output"]]
+    if export_format == "bundle":
+        outputs += [fresh_processes[script]["results"][str(workspace / "unzipped" / "linear" / script)]
+                    for script in ("predict.py", "predict_onnx.py")]
+    for output in outputs:
+        labels = {item["label"] for item in output}
+        assert UNKNOWN_LABEL in labels and len(labels) > 1
 
 
 def test_fresh_processes_import_only_what_they_need(fresh_processes):
