@@ -11,9 +11,10 @@ Python process (``--child``) that times its phases separately:
 - ``train again``: the same call again in the same process (what the UI does on the next click: backbone,
   session and features stay in memory).
 
-Cache states: ``cold`` = empty feature cache (ONNX export present), ``fully cold`` = empty cache root (ONNX export
-made during the run), ``warm`` = features cached on disk by an earlier process. ``fsl-app train`` wall time as a
-whole process is measured too.
+Cache states: ``cold`` = empty feature cache (ONNX export present), ``warm`` = features cached on disk by an earlier
+process. Variants: the product as is, and two emulations of proposed core changes (one BLAS/OpenMP thread for the
+tiny head fits; 5-fold instead of leave-one-out). ``fsl-app train`` wall time as a whole process is measured too, and
+one ``fit_features`` as is vs limited to one thread.
 
 Run alone: ``.venv/bin/python benchmarks/bench_latency.py [--quick]``.
 """
@@ -49,16 +50,28 @@ def small_folder(per_class: int = 10) -> Path:
     return target
 
 
-def child(data: str, strategy_name: str, out: str) -> None:
+VARIANTS = {
+    "as is": {"limit": False, "protocol": "auto"},
+    "1 BLAS/OpenMP thread (proposed)": {"limit": True, "protocol": "auto"},
+    "1 thread + 5-fold (proposed)": {"limit": True, "protocol": "kfold"},
+}
+
+
+def child(data: str, strategy_name: str, out: str, variant: str) -> None:
     """One measurement in this process; prints a JSON line of phase timings."""
+    import contextlib
+
     timings = {}
     start = time.perf_counter()
+    from threadpoolctl import threadpool_limits
+
     from fsl_app.backbones import load_backbone
     from fsl_app.dataset import ImageSet
     from fsl_app.features import get_extractor
     from fsl_app.runs import train_run
     from fsl_app.strategies import create_strategy
 
+    settings = VARIANTS[variant]
     timings["import"] = time.perf_counter() - start
     mark = time.perf_counter()
     backbone = load_backbone()
@@ -69,39 +82,73 @@ def child(data: str, strategy_name: str, out: str) -> None:
     mark = time.perf_counter()
     get_extractor(backbone)
     timings["engine"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    result = train_run(images, create_strategy(strategy_name, **STRATEGIES[strategy_name]), backbone,
-                       Path(out) / "first")
-    timings["train"] = time.perf_counter() - mark
-    timings["evaluation"] = result.metrics["evaluation_seconds"]
+    for phase in ("train", "train again"):
+        mark = time.perf_counter()
+        with threadpool_limits(1) if settings["limit"] else contextlib.nullcontext():
+            result = train_run(images, create_strategy(strategy_name, **STRATEGIES[strategy_name]), backbone,
+                               Path(out) / phase.replace(" ", "-"), protocol=settings["protocol"])
+        timings[phase] = time.perf_counter() - mark
+        timings[f"{phase} evaluation"] = result.metrics["evaluation_seconds"]
     timings["protocol"] = result.metrics["protocol"]
     timings["accuracy"] = result.metrics["accuracy"]
-    mark = time.perf_counter()
-    train_run(images, create_strategy(strategy_name, **STRATEGIES[strategy_name]), backbone, Path(out) / "second")
-    timings["train again"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - start
     print(json.dumps(timings))
 
 
-def run_child(data: Path, strategy: str, cache: Path, out: Path) -> dict:
-    completed = subprocess.run([sys.executable, __file__, "--child", str(data), strategy, str(out)],
-                               env=_report.bench_environment(cache), capture_output=True, text=True)
+def run_child(data: Path, strategy: str, cache: Path, out: Path, variant: str, timeout: float) -> dict | None:
+    try:
+        completed = subprocess.run([sys.executable, __file__, "--child", str(data), strategy, str(out), variant],
+                                   env=_report.bench_environment(cache), capture_output=True, text=True,
+                                   timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
     if completed.returncode != 0:
         raise RuntimeError(completed.stderr[-3000:])
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def cli_train(data: Path, strategy: str, cache: Path, out: Path) -> float:
+def cli_train(data: Path, strategy: str, cache: Path, out: Path, timeout: float) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fsl_app.cli", "train", str(data), "--strategy", strategy, "--out",
-                    str(out), "--json"], env=_report.bench_environment(cache), capture_output=True, check=True)
+    try:
+        subprocess.run([sys.executable, "-m", "fsl_app.cli", "train", str(data), "--strategy", strategy, "--out",
+                        str(out), "--json"], env=_report.bench_environment(cache), capture_output=True, check=True,
+                       timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return float("inf")
     return time.perf_counter() - started
+
+
+def fit_only(strategy: str, rounds: int) -> list:
+    """One ``fit_features`` on the 100 cached features, as is vs limited to one BLAS/OpenMP thread, interleaved."""
+    from threadpoolctl import threadpool_limits
+
+    from fsl_app.backbones import load_backbone
+    from fsl_app.dataset import ImageSet
+    from fsl_app.features import get_extractor
+    from fsl_app.strategies import create_strategy
+
+    images = ImageSet.from_folder(small_folder())
+    features = get_extractor(load_backbone()).extract(images)
+
+    def fit() -> int:
+        create_strategy(strategy, **STRATEGIES[strategy]).fit_features(features, images.labels)
+        return 1
+
+    def limited() -> int:
+        with threadpool_limits(1):
+            return fit()
+
+    rates = _report.interleaved({"as is": fit, "limited": limited}, rounds)
+    return [strategy, 1000 / _report.median(rates["as is"]), 1000 / _report.median(rates["limited"]),
+            _report.paired_ratio(rates["limited"], rates["as is"])]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one repetition instead of three")
-    parser.add_argument("--child", nargs=3, metavar=("DATA", "STRATEGY", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds before a measurement is given up (default 60 with --quick, else 600)")
+    parser.add_argument("--child", nargs=4, metavar=("DATA", "STRATEGY", "OUT", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
@@ -110,44 +157,60 @@ def main() -> None:
     info = _report.machine_info()
     data = small_folder()
     repeats = 1 if args.quick else 3
+    args.timeout = args.timeout or (60 if args.quick else 600)
     from fsl_app.features import cache_root
 
     onnx_source = cache_root() / "onnx"
     work = Path(tempfile.mkdtemp(prefix="fsl-bench-latency-"))
-    rows, cli_rows = [], []
+    rows, cli_rows, fit_rows = [], [], []
     try:
         for strategy in STRATEGIES:
-            results: dict[str, list[dict]] = {"fully cold": [], "cold": [], "warm": []}
+            fit_rows.append(fit_only(strategy, 3 if args.quick else 7))
+            cells: dict[tuple[str, str], list[dict | None]] = {}
             for repeat in range(repeats):
-                for state in results:  # interleaved: cold, fully cold and warm alternate
-                    cache = work / f"cache-{strategy}-{repeat}-{state}"
-                    if state == "cold" and onnx_source.is_dir():
+                for variant in VARIANTS:
+                    cache = work / f"cache-{strategy}-{repeat}-{variant}"
+                    if onnx_source.is_dir():
                         shutil.copytree(onnx_source, cache / "onnx")
-                    if state == "warm":
-                        cache = work / f"cache-{strategy}-{repeat}-cold"  # filled by the cold run just before
-                    results[state].append(run_child(data, strategy, cache, work / f"out-{strategy}-{repeat}-{state}"))
-            for state, measured in results.items():
-                def med(key):
-                    return _report.median([m[key] for m in measured])
+                    for state in ("cold", "warm"):  # warm: a new process on the cache the cold run filled
+                        out = work / f"out-{strategy}-{repeat}-{variant}-{state}"
+                        cells.setdefault((variant, state), []).append(
+                            run_child(data, strategy, cache, out, variant, args.timeout))
+            for (variant, state), measured in cells.items():
+                done = [m for m in measured if m is not None]
+                if not done:
+                    rows.append([strategy, variant, state] + [f"> {args.timeout:.0f} s (timed out)"] + [""] * 5)
+                    continue
 
-                rows.append([strategy, state, med("load backbone"), med("open data"), med("engine"), med("train"),
-                             med("evaluation"), med("train again"), med("total"),
-                             f"{100 * measured[0]['accuracy']:.0f}% ({measured[0]['protocol']})"])
-            warm_cache = work / f"cache-{strategy}-0-cold"
-            cli_rows.append([strategy, _report.median([cli_train(data, strategy, warm_cache,
-                                                                 work / f"cli-{strategy}-{i}") for i in range(repeats)])])
+                def med(key):
+                    return _report.median([m[key] for m in done])
+
+                rows.append([strategy, variant, state, med("train"), med("train evaluation"), med("train again"),
+                             med("load backbone") + med("engine"), med("total"),
+                             f"{100 * done[0]['accuracy']:.0f}% ({done[0]['protocol']})"])
+            warm_cache = work / f"cache-{strategy}-0-as is"
+            cli_rows.append([strategy, _report.median([cli_train(data, strategy, warm_cache, work / f"cli-{strategy}-{i}",
+                                                                 args.timeout) for i in range(repeats)])])
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = _report.table(["strategy", "feature cache", "load backbone s", "open data s", "engine s",
-                          "train s (evaluate + fit + save)", "of which evaluation s",
-                          "train again, same process s", "process total s", "accuracy"], rows)
+    text = _report.table(["strategy", "variant", "feature cache", "train s (evaluate + fit + save)",
+                          "of which evaluation s", "train again, same process s", "backbone load + engine s",
+                          "process total s", "accuracy"], rows)
+    fits = _report.table(["strategy", "one fit_features, as is (ms)", "limited to 1 thread (ms)",
+                          "speed-up (paired)"], fit_rows)
     _report.write_result("latency", "Q2. Interactive latency: train -> result, 10 classes x 10 images", [
-        f"Medians over {repeats} fresh processes per cell; cold, fully cold and warm runs interleaved. "
-        "Goal: `train` < 1 s with a warm cache (the UI keeps backbone and engine in memory, so `train again` is "
-        "what a user waits for after the first click).",
+        f"Medians over {repeats} fresh process(es) per cell. `cold`: empty feature cache (ONNX export present); "
+        "`warm`: a new process on the filled cache. `train again`: the same call in the same process (what the UI "
+        "does on the next click: backbone, session and features stay in memory). Goal: < 1 s warm.",
+        "Variants: `as is` is the product today. The other two are what the proposed core changes would give, "
+        "emulated from outside: the whole `train_run` under `threadpoolctl.threadpool_limits(1)` (proposed: around "
+        "`FeatureStrategy.fit_features` / `predict_proba`), and additionally `protocol='kfold'` (proposed: "
+        "`choose_protocol` picks 5-fold instead of leave-one-out above ~50 images).",
         text,
+        "One `fit_features` on the 100 cached features (interleaved, median):\n\n" + fits,
         "`fsl-app train` as a whole process with a warm cache (includes Python start, imports, backbone load): "
-        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cli_rows) + ".",
+        + ", ".join(f"{name} {seconds:.1f} s" if seconds != float("inf") else f"{name} > {args.timeout:.0f} s"
+                    for name, seconds in cli_rows) + ".",
     ], info=info, seconds=time.perf_counter() - started)
 
 

@@ -170,9 +170,12 @@ def backbone_summary(name: str) -> BackboneSummary:
     try:
         info = describe_backbone(name, with_size=True)
     except Exception as error:  # noqa: BLE001 - timm raises RuntimeError for unknown names
-        return BackboneSummary(name, "unknown", "random", None, None,
-                               f"{name!r} is not a timm model name. Pick one from the list or check the spelling "
-                               "(names as in timm.list_models()).")
+        from .jobs import describe_error
+
+        message = (f"{name!r} is not a timm model name. Pick one from the list or check the spelling (names as in "
+                   "timm.list_models()).") if "unknown model" in str(error).lower() else \
+            f"{name} cannot be built here: {describe_error(error)}"
+        return BackboneSummary(name, "unknown", "random", None, None, message)
     default = "random" if name in TEST_BACKBONES else info.default_weights
     return BackboneSummary(name, info.availability, default, info.num_params_m, info.input_size)
 
@@ -452,6 +455,7 @@ def training_work(request: TrainRequest) -> Callable[[JobContext], dict]:
             strategy = _observed(create_strategy(request.strategy, **request.params), context.step)
             out_dir = runs_dir(project) / new_run_name(request.strategy)
             augment = request.params.get("augment") if isinstance(request.params.get("augment"), dict) else None
+            context.progress(PHASE_NAMES["evaluate"], 0, 1)
             try:
                 result = train_run(images, strategy, backbone, out_dir, protocol=request.protocol, seed=request.seed,
                                    on_progress=_phase_names(context), augment=augment)
@@ -476,6 +480,20 @@ def _phase_names(context: JobContext) -> Callable[[str, int, int], None]:
         context.progress(PHASE_NAMES.get(phase, phase), done, total)
 
     return report
+
+
+def job_progress(view) -> tuple[float, str]:
+    """Progress bar value and text of a running training job: the phase, its splits, the epoch of the fit."""
+    fraction, text = view.fraction, view.phase
+    if view.total > 1:
+        text += f" ({view.done}/{view.total})"
+    params = (view.meta or {}).get("params") or {}
+    planned = params.get("epochs") or params.get("finetune_episodes")
+    if view.steps and planned:
+        epoch = view.steps[-1].get("epoch") or view.steps[-1].get("step", 0)
+        fraction = min(1.0, epoch / planned)
+        text += f" · fit {view.fit_number}, epoch {epoch}/{planned}"
+    return fraction, f"{text} · {view.elapsed_s:.0f} s"
 
 
 def submit_training(queue: JobQueue, request: TrainRequest, *, owner: str) -> str:

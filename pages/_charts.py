@@ -29,7 +29,7 @@ def training_curves(rows: list[dict], *, height: int = 300) -> go.Figure:
     figure.update_xaxes(title_text="epoch")
     figure.update_yaxes(range=[0, 1.02], row=1, col=2)
     figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                         legend={"orientation": "h", "y": -0.25})
+                         legend={"orientation": "h", "yanchor": "top", "y": -0.3})
     return figure
 
 

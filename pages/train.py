@@ -10,7 +10,7 @@ _shared.use_navigation()
 OTHER_BACKBONE = "other timm model…"
 WEIGHT_LABELS = {"auto": "pretrained (auto)", "random": "random (no pretraining)", "file": "checkpoint file"}
 DEFAULT_STRATEGY = "linear"
-POLL_SECONDS = 1.0
+POLL_SECONDS = 1.5
 
 
 @st.cache_data(show_spinner=False)
@@ -159,8 +159,8 @@ def training_form(project) -> None:
 def running_card(view: jobs.JobView) -> None:
     with st.container(border=True):
         st.markdown(f"**Training:** {view.title}")
-        detail = f" ({view.done}/{view.total})" if view.total > 1 else ""
-        st.progress(view.fraction, text=f"{view.phase}{detail} · {view.elapsed_s:.0f} s")
+        fraction, text = studio.job_progress(view)
+        st.progress(fraction, text=text)
         if view.steps:
             fit = "final fit" if view.phase.startswith("fitting") else f"evaluation fit {view.fit_number}"
             rows = studio.steps_to_rows(view.steps, fit)
@@ -203,7 +203,10 @@ def render_jobs(owner: str, had_active: bool) -> None:
     if had_active and not active:
         st.rerun()  # a job ended: refresh the whole page once, which also stops the polling
     for view in active:
-        running_card(view) if view.status == jobs.RUNNING else queued_row(view)
+        if view.status == jobs.RUNNING:
+            running_card(view)
+        else:
+            queued_row(view)
     finished = [view for view in views if view.finished][::-1][:5]
     for view in finished:
         finished_card(view)

@@ -114,11 +114,14 @@ class FreshProcesses:
 
     def __init__(self, jobs: dict[str, tuple[str, list[str]]], images: list[str], folder: Path):
         self.logs = {name: (folder / f"{name}.out", folder / f"{name}.err") for name in jobs}
-        self.processes = {name: subprocess.Popen([sys.executable, "-c", code, json.dumps(targets), *images],
-                                                 cwd=folder, stdout=self.logs[name][0].open("w"),
-                                                 stderr=self.logs[name][1].open("w"))
-                          for name, (code, targets) in jobs.items()}
+        self.processes = {name: self._start([sys.executable, "-c", code, json.dumps(targets), *images],
+                                            folder, *self.logs[name]) for name, (code, targets) in jobs.items()}
         self.outputs: dict[str, dict] = {}
+
+    @staticmethod
+    def _start(command: list[str], folder: Path, stdout: Path, stderr: Path) -> subprocess.Popen:
+        with stdout.open("w") as out, stderr.open("w") as err:  # the child keeps its own copies
+            return subprocess.Popen(command, cwd=folder, stdout=out, stderr=err)
 
     def __getitem__(self, name: str) -> dict:
         if name not in self.outputs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 import uuid
 import zipfile
@@ -153,6 +154,28 @@ def test_a_job_on_unusable_data_fails_with_a_readable_message(queue):
     view = queue.wait(studio.submit_training(queue, tiny_request(project), owner="bad"), timeout=60)
     assert view.status == jobs.FAILED
     assert "at least 2 classes" in view.error and "Traceback" not in view.error
+
+
+def test_job_progress_follows_the_epochs_of_the_current_fit():
+    queue = jobs.JobQueue()
+    try:
+        release = threading.Event()
+
+        def work(context):
+            context.progress("evaluating", 1, 3)
+            context.step({"step": 2, "epoch": 2, "loss": 0.5})
+            release.wait(5)
+
+        job_id = queue.submit(work, title="t", meta={"params": {"epochs": 8}})
+        deadline = time.monotonic() + 10
+        while not queue.get(job_id).steps:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        fraction, text = studio.job_progress(queue.get(job_id))
+        assert fraction == 0.25 and "evaluating (1/3)" in text and "epoch 2/8" in text
+        release.set()
+    finally:
+        queue.shutdown()
 
 
 def test_evaluate_all_strategies_uses_one_protocol_and_seed():

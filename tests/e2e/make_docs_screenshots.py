@@ -51,9 +51,11 @@ def finished_runs(page) -> int:
 
 def train(page, strategy: str, *, epochs: int | None = None) -> None:
     choose(page, "train-strategy", strategy)
-    if epochs is not None:
+    if epochs is not None:  # a quick fine-tuning of the head only, for the live curves
         page.get_by_text("Hyperparameters").click()
+        choose(page, f"param-{strategy}-mode", "head")
         type_number(page, f"param-{strategy}-epochs", epochs)
+        page.get_by_text("Hyperparameters").click()
     page.get_by_role("button", name="Train", exact=True).click()
     wait_idle(page)
 
@@ -75,7 +77,7 @@ def make_screenshots(server: str, out: Path, folder: Path) -> None:
         wait_for_runs(page, 1)
         train(page, "protonet")
         wait_for_runs(page, 2)
-        train(page, "finetune", epochs=6)
+        train(page, "finetune", epochs=4)
         page.locator(".js-plotly-plot").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
         page.wait_for_timeout(4000)
         capture(page, out, "train")
