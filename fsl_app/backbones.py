@@ -29,7 +29,9 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+from . import DEFAULT_BACKBONE
+
+__all__ = ["DEFAULT_BACKBONE", "Backbone", "BackboneError", "load_backbone", "list_backbones", "describe_backbone"]
 _HUB_HOST = ("huggingface.co", 443)
 
 

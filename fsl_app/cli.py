@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from . import DEFAULT_BACKBONE
+
 EXIT_USAGE = 2
 
 
@@ -40,8 +42,6 @@ def _parse_params(pairs: Sequence[str]) -> dict:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    from .backbones import DEFAULT_BACKBONE
-
     parser.add_argument("data", metavar="DATA_DIR", help="ImageFolder tree or project name")
     parser.add_argument("--strategy", required=True, help="linear, protonet, finetune, ...")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help="timm model name (default: %(default)s)")
@@ -93,12 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(commands) -> None:
     """Commands whose modules live elsewhere (export, store, benchmarks)."""
     from .export import add_export_command
+    from .store.cli import add_store_commands
 
     add_export_command(commands)
-    try:
-        from .store.cli import add_store_commands
-    except ImportError:  # store CLI not written yet
-        return
     add_store_commands(commands)
 
 
@@ -198,7 +195,8 @@ def cmd_predict(args) -> int:
             if "error" in item:
                 print(f"{item['image']}: ERROR {item['error']}")
                 continue
-            alternatives = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in item["top_k"][1:])
+            shown = item["top_k"] if item["label"] == "unknown" else item["top_k"][1:]
+            alternatives = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in shown)
             print(f"{item['image']}: {item['label']} ({item['probability']:.2f})"
                   + (f"  [{alternatives}]" if alternatives else ""))
     return 0 if all("error" not in item for item in results) else 1
