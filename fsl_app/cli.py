@@ -252,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except (UserError, DataError, ImageError, BackboneError, ValueError, FileNotFoundError,
             FileExistsError) as error:
+        if args.verbose:
+            raise
         print(f"fsl-app {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

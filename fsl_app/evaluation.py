@@ -91,7 +91,7 @@ def mean_ci95(values: np.ndarray) -> float:
 def choose_protocol(strategy: Strategy, y: np.ndarray) -> str:
     """LOO for frozen-feature strategies on small data (cheap and honest), k-fold above, hold-out for fine-tuning."""
     if strategy.uses_frozen_features:
-        return "loo" if len(y) <= 300 else "kfold"
+        return "loo" if len(y) <= 300 or np.bincount(y)[np.bincount(y) > 0].min() < 2 else "kfold"
     return "holdout"
 
 

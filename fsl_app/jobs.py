@@ -148,8 +148,8 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, OSError):
         return f"A file could not be read or written ({error.strerror or message}). Check the disk space and access."
     name = type(error).__name__
-    return (f"Training stopped on an unexpected problem ({name}: {message or 'no message'}). "
-            "Try again; if it repeats, send the details below with a bug report.")
+    return (f"An unexpected problem stopped this ({name}: {message or 'no message'}). "
+            "Try again; if it repeats, report it with the steps that led here.")
 
 
 class JobQueue:

@@ -61,6 +61,11 @@ def runs_by_name(runs: list[dict]) -> dict[str, dict]:
     return {run["name"]: run for run in runs}
 
 
+def best_run(runs: list[dict]) -> dict | None:
+    """The run with the highest held-out accuracy (the newest among equals), or None."""
+    return max(runs, key=lambda run: (run["metrics"] or {}).get("accuracy", 0.0), default=None)  # runs: newest first
+
+
 def percent(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{100 * value:.{digits}f} %"
 
@@ -682,7 +687,7 @@ class ProjectOverview:
 def project_overview(project) -> ProjectOverview:
     stats = project.stats()
     runs = project_runs(project)
-    best = max(runs, key=lambda run: (run["metrics"] or {}).get("accuracy", 0.0), default=None)
+    best = best_run(runs)
     return ProjectOverview(stats.n_images, stats.n_labeled, stats.n_unlabeled, len(stats.class_counts), len(runs),
                            best, list(stats.warnings))
 

@@ -126,11 +126,11 @@ def project_creator(key: str, *, label: str = "New project name") -> None:
         st.error(st.session_state["create_error"])
 
 
-def run_picker(label: str, runs: list[dict], key: str) -> dict:
-    """A selectbox over runs (newest first) that returns the chosen run's data."""
+def run_picker(label: str, runs: list[dict], key: str, *, prefer_best: bool = False) -> dict:
+    """A selectbox over runs (newest first) that returns the chosen run's data; first choice: newest or best."""
     by_name = studio.runs_by_name(runs)
     if st.session_state.get(key) not in by_name:
-        st.session_state.pop(key, None)
+        st.session_state[key] = studio.best_run(runs)["name"] if prefer_best else runs[0]["name"]
     name = st.selectbox(label, list(by_name), format_func=lambda n: studio.run_label(by_name[n]), key=key)
     return by_name[name]
 

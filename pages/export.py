@@ -72,7 +72,7 @@ def prepare_export(project, run_dir: str, format: str) -> None:
 def export_button(project, run_dir: str, format: str) -> None:
     label, description = studio.FORMAT_LABELS.get(format, format), studio.FORMAT_HELP.get(format, "")
     prepared = st.session_state.get(f"export-{format}-{run_dir}")
-    left, right = st.columns([2, 3], vertical_alignment="center")
+    left, right = st.columns([1, 1], vertical_alignment="center")
     right.caption(description)
     with left:
         if prepared is None:
@@ -91,7 +91,7 @@ if not runs:
     st.info("No finished run yet. Train one first.")
     st.page_link(_shared.TRAIN_PAGE, label="Go to Train", icon=":material/model_training:")
     st.stop()
-run = _shared.run_picker("Run", runs, "export-run")
+run = _shared.run_picker("Run", runs, "export-run", prefer_best=True)
 run_summary(run)
 left, right = st.columns([3, 2], gap="large")
 with left:

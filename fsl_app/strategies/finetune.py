@@ -61,13 +61,14 @@ class FineTune(Strategy):
         support = support.labeled()  # unlabeled images carry no class: ignore them, as train_run does
         support.check_trainable()
         torch.manual_seed(self.seed)
-        self.classes_ = support.classes
+        classes = support.classes
         self.backbone_ = backbone
-        y = support.label_indices(self.classes_)
+        y = support.label_indices(classes)
         images = [support.load(i) for i in range(len(support))]
         train_idx, val_idx = stratified_validation_split(y, self.val_fraction, self.seed)
-        model = self._build_model(backbone, len(self.classes_))
+        model = self._build_model(backbone, len(classes))
         self.model_ = self._train(model, images, y, train_idx, val_idx, on_step).eval().cpu()
+        self.classes_ = classes  # set last: a crash mid-fit must not leave an object that looks fitted
         return self
 
     def _build_model(self, backbone: Backbone, n_classes: int) -> nn.Module:

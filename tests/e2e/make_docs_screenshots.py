@@ -27,6 +27,7 @@ def capture(page, out: Path, name: str) -> None:
     height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
     page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], min(height, 3200))})
     page.wait_for_timeout(1500)
+    page.wait_for_function("() => [...document.images].every(image => image.complete)")
     page.screenshot(path=str(out / f"screenshot-{name}.png"))
     page.set_viewport_size(VIEWPORT)
     print(f"saved {out / f'screenshot-{name}.png'}")
@@ -38,23 +39,22 @@ def choose(page, key: str, option: str) -> None:
     wait_idle(page)
 
 
-def type_number(page, key: str, value: int) -> None:
+def type_number(page, key: str, value: float) -> None:
     field = page.locator(f".st-key-{key} input")
     field.fill(str(value))
     field.press("Enter")
     wait_idle(page)
 
 
-def finished_runs(page) -> int:
-    return page.get_by_text("Accuracy (", exact=False).count()
-
-
-def train(page, strategy: str, *, epochs: int | None = None) -> None:
+def train(page, strategy: str, **numbers: float) -> None:
+    """Queue a run of ``strategy``; ``numbers`` set hyperparameters (fine-tuning: the head only, for speed)."""
     choose(page, "train-strategy", strategy)
-    if epochs is not None:  # a quick fine-tuning of the head only, for the live curves
+    if numbers:
         page.get_by_text("Hyperparameters").click()
-        choose(page, f"param-{strategy}-mode", "head")
-        type_number(page, f"param-{strategy}-epochs", epochs)
+        if strategy == "finetune":
+            choose(page, f"param-{strategy}-mode", "head")
+        for name, value in numbers.items():
+            type_number(page, f"param-{strategy}-{name}", value)
         page.get_by_text("Hyperparameters").click()
     page.get_by_role("button", name="Train", exact=True).click()
     wait_idle(page)
@@ -77,7 +77,7 @@ def make_screenshots(server: str, out: Path, folder: Path) -> None:
         wait_for_runs(page, 1)
         train(page, "protonet")
         wait_for_runs(page, 2)
-        train(page, "finetune", epochs=4)
+        train(page, "finetune", epochs=8, lr=0.01)
         page.locator(".js-plotly-plot").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
         page.wait_for_timeout(4000)
         capture(page, out, "train")
