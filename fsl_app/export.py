@@ -903,6 +903,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 from PIL import Image, ImageOps
@@ -938,7 +939,16 @@ def head(x):
 
 
 def load_rgb(path):
-    image = ImageOps.exif_transpose(Image.open(path))
+    image = Image.open(path)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block: keep the stored orientation
+        image.load()
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):  # 16/32-bit: map the full range, as fsl_app does
+        array = np.asarray(image, dtype=np.float64)
+        low, high = (0.0, 65535.0) if image.mode.startswith("I;16") else (float(array.min()), float(array.max()))
+        array = np.clip((array - low) / ((high - low) or 1.0) * 255 + 0.5, 0, 255).astype(np.uint8)
+        image = Image.fromarray(array, mode="L")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:  # alpha over white, as fsl_app does
         image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
     return image.convert("RGB")
@@ -982,7 +992,16 @@ RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Ima
 
 
 def load_rgb(path):
-    image = ImageOps.exif_transpose(Image.open(path))
+    image = Image.open(path)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block: keep the stored orientation
+        image.load()
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):  # 16/32-bit: map the full range, as fsl_app does
+        array = np.asarray(image, dtype=np.float64)
+        low, high = (0.0, 65535.0) if image.mode.startswith("I;16") else (float(array.min()), float(array.max()))
+        array = np.clip((array - low) / ((high - low) or 1.0) * 255 + 0.5, 0, 255).astype(np.uint8)
+        image = Image.fromarray(array, mode="L")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:  # alpha over white, as fsl_app does
         image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
     return image.convert("RGB")
