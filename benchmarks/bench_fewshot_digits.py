@@ -162,7 +162,7 @@ def main() -> None:
         names = [n.strip() for n in args.finetune_configs.split(",")]
     data = _datasets.digits_folder()
     work = Path(tempfile.mkdtemp(prefix="fsl-bench-digits-"))
-    env = _report.bench_environment(work / "cache")
+    env = _report.bench_environment(work / "cache", single_thread_math=True)
     try:
         prepare_cache(work / "cache", env)
         sections = [f"Data: {data} (1797 images, 10 classes). Feature cache: a fresh folder per run."]

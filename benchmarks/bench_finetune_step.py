@@ -57,17 +57,23 @@ def trainable_model(backbone, n_classes: int, mode: str, last_n: int = 2) -> nn.
     return model
 
 
-def hand_loop(backbone, pil_images, labels, mode: str, epochs: int, batch_size: int, lr: float = 1e-3) -> list[float]:
-    """Seconds per epoch of a plain loop; returns one entry per epoch."""
+def hand_loop(backbone, pil_images, labels, mode: str, epochs: int, batch_size: int, lr: float = 1e-3, *,
+              device: torch.device | str = "cpu", amp: bool = False) -> list[float]:
+    """Seconds per epoch of a plain loop; returns one entry per epoch. ``amp``: autocast + GradScaler +
+    channels_last (what the product does on CUDA)."""
     torch.manual_seed(0)
-    model = trainable_model(backbone, int(max(labels)) + 1, mode)
+    device = torch.device(device)
+    model = trainable_model(backbone, int(max(labels)) + 1, mode).to(device)
+    if amp:
+        model = model.to(memory_format=torch.channels_last)
+    scaler = torch.amp.GradScaler(enabled=amp)
     head = list(model.get_classifier().parameters())
     body = [p for p in model.parameters() if p.requires_grad and all(p is not h for h in head)]
     groups = [{"params": head, "lr": lr}] + ([{"params": body, "lr": lr * 0.1}] if body else [])
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     loader = DataLoader(Images(pil_images, labels, eval_transform(backbone.data_config)), batch_size=batch_size,
-                        shuffle=True, generator=torch.Generator().manual_seed(0))
+                        shuffle=True, generator=torch.Generator().manual_seed(0), pin_memory=device.type == "cuda")
     times = []
     for _ in range(epochs):
         start = time.perf_counter()
@@ -76,10 +82,17 @@ def hand_loop(backbone, pil_images, labels, mode: str, epochs: int, batch_size: 
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
         for batch, target in loader:
-            loss = loss_fn(model(batch), target)
+            batch, target = batch.to(device, non_blocking=True), target.to(device)
+            if amp:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, enabled=amp):
+                loss = loss_fn(model(batch), target)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 

@@ -11,6 +11,8 @@ On a CPU the session can use its cores in two ways (``parallel``):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -104,6 +106,9 @@ class OnnxBackbone:
                      parallel: str = "data") -> "OnnxBackbone":
         """Load the cached export of ``backbone`` or export it now; verify it matches torch before use.
 
+        The check runs once per exported file and library versions: a ``<file>.verified.json`` next to the export
+        records the file's sha256 and the onnxruntime, torch and timm versions, so later processes skip the torch forward.
+
         ``threads`` (default: the usable cores) are spent as ``parallel`` says: ``"data"`` (concurrent
         single-threaded runs on slices of the batch) or ``"intra"`` (one run, multi-threaded operators).
         """
@@ -120,10 +125,46 @@ class OnnxBackbone:
             engine = cls(cpu_session(path, 1), workers=threads)
         else:
             engine = cls(cpu_session(path, threads))
+        marker = path.with_name(path.name + ".verified.json")
+        fingerprint = _fingerprint(path, tolerance)
+        if _read_json(marker) == fingerprint:
+            return engine  # this exact file was checked against torch with these library versions before
         with torch.inference_mode():
             reference = backbone.model.cpu().eval()(example)
         difference = (engine(example) - reference).abs().max().item()
         if not difference <= tolerance:
             path.unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
             raise RuntimeError(f"ONNX output differs from torch by {difference:.2e}")
+        _write_json(marker, fingerprint)
         return engine
+
+
+def _fingerprint(path: Path, tolerance: float) -> dict:
+    """What a successful check against torch vouches for: these bytes, run by these library versions."""
+    import onnxruntime
+    import timm
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"sha256": digest.hexdigest(), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+            "timm": timm.__version__, "tolerance": tolerance}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    try:
+        handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(data, stream)
+        os.replace(temp, path)
+    except OSError as error:  # a read-only cache only costs the check next time
+        log.info("could not record the ONNX check in %s (%s)", path, error)

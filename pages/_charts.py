@@ -12,19 +12,20 @@ DASH = {"loss": "solid", "train_acc": "solid", "val_acc": "dot"}
 
 
 def training_curves(rows: list[dict], *, height: int = 300) -> go.Figure:
-    """Loss (left) and train / validation accuracy (right) per epoch; one colour per run."""
+    """Loss (left) and train / validation accuracy (right) per epoch; one colour per run (per metric if one run)."""
     figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
     palette = CLASS_COLOURS
     series = list(dict.fromkeys(row["run"] for row in rows))
     for number, name in enumerate(series):
-        for metric in METRIC_NAMES:
+        for index, metric in enumerate(METRIC_NAMES):
+            colour = palette[(number if len(series) > 1 else index) % len(palette)]
             points = [row for row in rows if row["run"] == name and row["metric"] == metric]
             if not points:
                 continue
             figure.add_trace(go.Scatter(
                 x=[p["epoch"] if p.get("epoch") is not None else p["step"] for p in points],
                 y=[p["value"] for p in points], mode="lines+markers", name=f"{name} · {METRIC_NAMES[metric]}",
-                line={"color": palette[number % len(palette)], "dash": DASH[metric]}),
+                line={"color": colour, "dash": DASH[metric]}),
                 row=1, col=1 if metric == "loss" else 2)
     figure.update_xaxes(title_text="epoch")
     figure.update_yaxes(range=[0, 1.02], row=1, col=2)

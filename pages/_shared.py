@@ -6,8 +6,6 @@ reload and every tab sees it), open projects and fitted strategies. Session stat
 
 from __future__ import annotations
 
-import os
-
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
@@ -30,7 +28,7 @@ def use_navigation() -> None:
     opened on a page's address, and on every rerun under AppTest (which resets the mode before each run). Switch it
     off and rerun: the rerun goes through app.py and lands on the same page, widget callbacks already applied.
     """
-    if PagesManager.uses_pages_directory:
+    if getattr(PagesManager, "uses_pages_directory", False):  # internal flag: absent in other versions, no-op
         PagesManager.uses_pages_directory = False
         st.rerun()
 
@@ -137,7 +135,3 @@ def run_picker(label: str, runs: list[dict], key: str, *, prefer_best: bool = Fa
 
 def show_error(error: BaseException, *, prefix: str = "") -> None:
     st.error(prefix + studio.readable_error(error))
-
-
-def test_mode() -> bool:
-    return studio.test_backbones_enabled() or bool(os.environ.get("FSL_APP_TEST_MODE"))

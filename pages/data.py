@@ -248,7 +248,7 @@ def suggestions_section(project) -> None:
     if not runs:
         st.caption("Train a model first: its suggestions for the unlabeled images appear here.")
         return
-    run = _shared.run_picker("Suggestions from", runs, "suggest-run")
+    run = _shared.run_picker("Suggestions from", runs, "suggest-run", prefer_best=True)
     if not st.toggle("Show suggestions (most uncertain first)", key="suggest-on"):
         return
     try:

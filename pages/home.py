@@ -50,7 +50,7 @@ def create_card() -> None:
 def overview(project) -> None:
     facts = studio.project_overview(project)
     st.subheader(f"Project: {project.name}")
-    columns = st.columns(5)
+    columns = st.columns([2, 2, 2, 2, 3])
     columns[0].metric("Images", facts.n_images)
     columns[1].metric("Labeled", facts.n_labeled)
     columns[2].metric("Classes", facts.n_classes)

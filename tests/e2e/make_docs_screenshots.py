@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ TRAIN_TIMEOUT_MS = 600_000
 
 
 def capture(page, out: Path, name: str) -> None:
+    page.wait_for_timeout(1500)
     height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
     page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], min(height, 3200))})
     page.wait_for_timeout(1500)
@@ -93,6 +95,9 @@ def make_screenshots(server: str, out: Path, folder: Path) -> None:
         choose(page, "aug-choice", "strong")
         capture(page, out, "augment")
         open_page(page, "Compare")
+        page.locator(".st-key-map-run").click()  # the ProtoNet map shows the class prototypes
+        page.get_by_role("option", name=re.compile("^protonet")).click()
+        wait_idle(page)
         page.locator(".st-key-embedding-map .js-plotly-plot").wait_for()
         capture(page, out, "compare")
         open_page(page, "Export & try")
