@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -95,8 +94,9 @@ def make_screenshots(server: str, out: Path, folder: Path) -> None:
         choose(page, "aug-choice", "strong")
         capture(page, out, "augment")
         open_page(page, "Compare")
-        page.locator(".st-key-map-run").click()  # the ProtoNet map shows the class prototypes
-        page.get_by_role("option", name=re.compile("^protonet")).click()
+        page.locator(".st-key-map-run input").click()  # the ProtoNet map shows the class prototypes
+        page.keyboard.type("protonet")
+        page.keyboard.press("Enter")
         wait_idle(page)
         page.locator(".st-key-embedding-map .js-plotly-plot").wait_for()
         capture(page, out, "compare")
