@@ -148,7 +148,12 @@ def add_class(page, name: str) -> None:
 def upload(page, label: str, files: list[str]) -> None:
     wait_idle(page)
     uploader = page.locator(f'[class*="st-key-upload-"][class*="-class-{label}"]')  # key: upload-<round>-class-<label>
-    uploader.locator('input[type="file"]').set_input_files(files)
+    inputs = uploader.locator('input[type="file"]')
+    for _ in range(50):  # a rerun can briefly show the previous round's (stale) uploader beside the new one
+        if inputs.count() == 1:
+            break
+        page.wait_for_timeout(200)
+    inputs.last.set_input_files(files)
     page.get_by_text(f"{len(files)} image(s) added to {label}").wait_for()
     wait_idle(page)
 
