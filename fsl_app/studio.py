@@ -33,7 +33,7 @@ AUGMENT_FILE = "augment.json"
 PROJECT_AUGMENT = "project pipeline"
 
 PROTOCOL_LABELS = {
-    "auto": "auto (leave-one-out for frozen features, hold-out for fine-tuning)",
+    "auto": "auto (leave-one-out for few images, else 5-fold; hold-out for fine-tuning)",
     "loo": "leave-one-out (every image tested once)",
     "kfold": "stratified k-fold (5 folds)",
     "holdout": "hold-out (25 % of each class)",

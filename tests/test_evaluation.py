@@ -108,9 +108,11 @@ def test_unknown_protocol():
 
 
 def test_choose_protocol():
-    small, large = np.repeat([0, 1], 10), np.repeat([0, 1], 200)
+    small, medium, large = np.repeat([0, 1], 5), np.repeat(np.arange(10), 10), np.repeat([0, 1], 200)
     assert choose_protocol(create_strategy("linear"), small) == "loo"
+    assert choose_protocol(create_strategy("linear"), medium) == "kfold"
     assert choose_protocol(create_strategy("linear"), large) == "kfold"
+    assert choose_protocol(create_strategy("linear"), np.array([0] * 400 + [1])) == "loo"
     assert choose_protocol(create_strategy("protonet"), small) == "loo"
     assert choose_protocol(create_strategy("protonet", finetune_episodes=5), small) == "holdout"
     assert choose_protocol(create_strategy("finetune"), small) == "holdout"

@@ -18,6 +18,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from ..backbones import Backbone
@@ -170,8 +171,12 @@ class FeatureStrategy(Strategy):
         if len(classes) < 2:
             raise DataError(f"training needs at least 2 classes, got {classes}. Add images for another class.")
         y = np.array([classes.index(label) for label in labels])
+        # Few-shot problems are tiny (n x d, n ~ 100): BLAS/OpenMP threads only fight each other and the ONNX
+        # Runtime workers here; one thread measured ~30x faster (benchmarks/results/latency.md).
+        with threadpool_limits(1):
+            head = self._fit_head(features.float(), y).eval()
         self.classes_ = classes
-        self.head_ = self._fit_head(features.float(), y).eval()
+        self.head_ = head
         return self
 
     @abstractmethod
@@ -185,7 +190,7 @@ class FeatureStrategy(Strategy):
         features = images_or_features
         if isinstance(images_or_features, ImageSet):
             features = self._features(images_or_features)
-        with torch.no_grad():
+        with torch.no_grad(), threadpool_limits(1):
             return torch.softmax(self.head_(features.float()), dim=1)
 
     def embed(self, images: ImageSet) -> torch.Tensor:
@@ -208,3 +213,4 @@ class FeatureStrategy(Strategy):
         self.backbone_ = backbone
         head_state = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
         self.head_ = _heads.head_from_config(meta["head"], head_state).eval()
+
