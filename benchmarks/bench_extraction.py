@@ -35,7 +35,21 @@ from fsl_app.backbones import load_backbone
 from fsl_app.dataset import ImageSet
 from fsl_app.features import BatchPreprocessor, FeatureCache, FeatureExtractor, cache_root, eval_transform
 from fsl_app.images import load_image
-from fsl_app.onnx_engine import OnnxBackbone, cpu_session, cpu_threads
+from fsl_app.onnx_engine import OnnxBackbone, cpu_session, cpu_threads, export_onnx
+
+
+def product_export(backbone) -> Path:
+    """The ONNX file the product uses (made by the first FeatureExtractor)."""
+    return OnnxBackbone.export_path(backbone, cache_root() / "onnx")
+
+
+def previous_export(backbone) -> Path:
+    """The export as it was before this change: timm's dynamic "same" padding traced into the graph."""
+    path = _datasets.data_root() / "onnx-dynamic-padding" / f"{backbone.id}.onnx"
+    if not path.is_file():
+        example = torch.randn(2, *backbone.input_size, generator=torch.Generator().manual_seed(0))
+        export_onnx(backbone.model.cpu().float(), example, path, static_padding=False)
+    return path
 
 
 # --- candidates -------------------------------------------------------------------------------------------------
@@ -77,7 +91,8 @@ def plain_timm_script(model: torch.nn.Module, transform, paths: list[Path], batc
 
 def previous_pipeline(forward, transform, paths: list[Path], batch_size: int, workers: int = 4) -> int:
     """fsl_app's extraction before this change: 4 decode threads running the timm transform per image, one batch
-    prefetched, the forward in ONNX Runtime with intra-op threads on all cores (spinning)."""
+    prefetched, the forward in ONNX Runtime with intra-op threads on all cores (spinning) on the previous export
+    (dynamic padding)."""
     batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as prefetcher:
         def prepare(batch):
@@ -120,7 +135,7 @@ def correctness(backbone, extractor: FeatureExtractor, image_sets: dict[str, Ima
 
 
 def forward_engines(backbone, batch_size: int, rounds: int, with_compile: bool) -> str:
-    path = cache_root() / "onnx" / f"{backbone.id}.onnx"
+    path, previous = product_export(backbone), previous_export(backbone)
     threads = cpu_threads()
     batch = torch.randn(batch_size, *backbone.input_size, generator=torch.Generator().manual_seed(0))
     default_model = copy.deepcopy(backbone.model).eval()
@@ -132,8 +147,12 @@ def forward_engines(backbone, batch_size: int, rounds: int, with_compile: bool) 
         f"ONNX Runtime, intra-op {threads} threads, no spinning":
             OnnxBackbone(cpu_session(path, threads, spinning=False)),
         "ONNX Runtime, 1 thread": OnnxBackbone(cpu_session(path, 1)),
-        f"ONNX Runtime, data-parallel {threads} x 1 thread (product default)":
+        f"ONNX Runtime, data-parallel {threads} x 1 thread, slices of {OnnxBackbone.chunk_size} (product)":
             OnnxBackbone(cpu_session(path, 1), workers=threads),
+        f"previous export (dynamic padding), intra-op {threads} threads, spinning (before)":
+            OnnxBackbone(cpu_session(previous, threads)),
+        f"previous export (dynamic padding), data-parallel {threads} x 1":
+            OnnxBackbone(cpu_session(previous, 1), workers=threads),
     }
     notes = []
     if with_compile:
@@ -161,27 +180,36 @@ def forward_engines(backbone, batch_size: int, rounds: int, with_compile: bool) 
             + "\n\n" + " ".join(notes))
 
 
-def batch_sweep(backbone, images: ImageSet, sizes: list[int], rounds: int, count: int) -> str:
-    path = cache_root() / "onnx" / f"{backbone.id}.onnx"
+def batch_sweep(backbone, images: ImageSet, slices: list[int], batches: list[int], rounds: int, count: int) -> str:
+    """Bare forward: data-parallel by slice size and intra-op by batch size; product end to end by batch size."""
+    path = product_export(backbone)
     threads = cpu_threads()
-    data = OnnxBackbone(cpu_session(path, 1), workers=threads)
+    session = cpu_session(path, 1)
     intra = OnnxBackbone(cpu_session(path, threads))
-    extractors = {size: FeatureExtractor(backbone, batch_size=size, cache=FeatureCache(enabled=False))
-                  for size in sizes}
     candidates = {}
-    for size in sizes:
+    for size in slices:
+        data = OnnxBackbone(session, workers=threads)
+        data.chunk_size = size
+        batch = torch.randn(max(size * threads, 8), *backbone.input_size)
+        candidates[f"data slice {size}"] = lambda f=data, b=batch: bare_forward(f, b, count)
+    for size in batches:
         batch = torch.randn(size, *backbone.input_size)
-        candidates[f"data {size}"] = lambda b=batch: bare_forward(data, b, count)
+        extractor = FeatureExtractor(backbone, batch_size=size, cache=FeatureCache(enabled=False))
         candidates[f"intra {size}"] = lambda b=batch: bare_forward(intra, b, count)
-        candidates[f"e2e {size}"] = lambda e=extractors[size]: product_extract(e, images.subset(range(count)))
+        candidates[f"bare {size}"] = lambda e=extractor, b=batch: bare_forward(e.forward_tensors, b, count)
+        candidates[f"e2e {size}"] = lambda e=extractor: product_extract(e, images.subset(range(count)))
     rates = _report.interleaved(candidates, rounds)
-    rows = [[size, _report.median(rates[f"data {size}"]), _report.median(rates[f"intra {size}"]),
-             _report.median(rates[f"e2e {size}"]), _report.paired_ratio(rates[f"e2e {size}"], rates[f"data {size}"])]
-            for size in sizes]
-    return (f"### Batch-size sweep ({count} images per measurement, {rounds} interleaved rounds)\n\n"
-            + _report.table(["batch", f"ORT data-parallel {threads} x 1 (img/s)",
-                             f"ORT intra-op {threads} threads (img/s)", "product end to end, 224 px PNG (img/s)",
-                             "end to end / data-parallel forward"], rows))
+    slice_rows = [[size, _report.median(rates[f"data slice {size}"])] for size in slices]
+    batch_rows = [[size, _report.median(rates[f"intra {size}"]), _report.median(rates[f"bare {size}"]),
+                   _report.median(rates[f"e2e {size}"]), _report.paired_ratio(rates[f"e2e {size}"],
+                                                                               rates[f"bare {size}"])]
+                  for size in batches]
+    return (f"### Slice and batch sizes ({count} images per measurement, {rounds} interleaved rounds)\n\n"
+            + _report.table([f"images per run, data-parallel {threads} x 1", "img/s (bare forward)"], slice_rows)
+            + "\n\n"
+            + _report.table(["batch", f"ORT intra-op {threads} threads, one run per batch (img/s)",
+                             "product engine bare forward (img/s)", "product end to end, 224 px PNG (img/s)",
+                             "end to end / bare (paired)"], batch_rows))
 
 
 def end_to_end(backbone, name: str, images: ImageSet, batch_size: int, rounds: int) -> tuple[str, dict]:
@@ -191,7 +219,7 @@ def end_to_end(backbone, name: str, images: ImageSet, batch_size: int, rounds: i
     batch = torch.randn(batch_size, *backbone.input_size)
     product = FeatureExtractor(backbone, batch_size=batch_size, cache=FeatureCache(enabled=False))
     intra = FeatureExtractor(backbone, batch_size=batch_size, cache=FeatureCache(enabled=False), parallel="intra")
-    previous_engine = OnnxBackbone(cpu_session(cache_root() / "onnx" / f"{backbone.id}.onnx", threads))
+    previous_engine = OnnxBackbone(cpu_session(previous_export(backbone), threads))
     eager_model = copy.deepcopy(backbone.model).eval()
     n = len(images)
     pairs = {
@@ -233,7 +261,7 @@ def stage_costs(backbone, image_sets: dict[str, ImageSet], batch_size: int) -> s
     """Single-thread CPU time per image of each stage (thread_time, best of 3)."""
     transform = eval_transform(backbone.data_config)
     preprocessor = BatchPreprocessor.from_transform(transform)
-    session = OnnxBackbone(cpu_session(cache_root() / "onnx" / f"{backbone.id}.onnx", 1))
+    session = OnnxBackbone(cpu_session(product_export(backbone), 1))
 
     def best(function, repeats: int = 3) -> float:
         times = []
@@ -323,8 +351,8 @@ def main() -> None:
                     f"{jpeg_summary['over_previous']:.2f}x the previous pipeline.")
     sections += [png_text, jpeg_text,
                  forward_engines(backbone, args.batch_size, rounds, args.compile),
-                 batch_sweep(backbone, png, [1, 8, 16, 32, 64] if not args.quick else [8, 32], rounds,
-                             32 if args.quick else 64),
+                 batch_sweep(backbone, png, [1, 2, 4, 8, 16, 32] if not args.quick else [1, 4, 16],
+                             [1, 8, 32, 64] if not args.quick else [8, 32], rounds, 32 if args.quick else 64),
                  stage_costs(backbone, sets, 16)]
     _report.write_result("extraction", "Q1. Feature extraction throughput (CPU)", sections, info=info,
                          seconds=time.perf_counter() - started)

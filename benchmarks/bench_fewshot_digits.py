@@ -9,7 +9,10 @@
    seed), for several fine-tuning configurations (mode, lr, epochs, augmentation): mean accuracy and the paired
    per-episode difference to ``linear``.
 
-Digits are 8 x 8 gray images (levels 0..16) upscaled bicubically to 224 x 224 RGB PNGs (``_datasets.digits_folder``).
+Digits are 8 x 8 gray images (levels 0..16) upscaled bilinearly to 224 x 224 RGB PNGs (``_datasets.digits_folder``).
+The upscaling matters: over the same 300 episodes (5w5s svm / logreg / protonet, 10w5s svm / protonet) bilinear gave
+81.3 / 79.8 / 75.5 / 73.8 / 65.6, bicubic 80.4 / 78.7 / 74.8 / 73.3 / 63.9 and nearest 65.4 / 63.2 / 55.2 / 55.3 / 42.1;
+bilinear is what the plain-script reference used (within 0.5 pt).
 
 Run alone: ``.venv/bin/python benchmarks/bench_fewshot_digits.py [--quick] [--finetune-episodes N]
 [--finetune-configs NAME,...]``.

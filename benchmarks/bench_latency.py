@@ -39,7 +39,7 @@ STRATEGIES = {"linear": {}, "protonet": {}}
 def small_folder(per_class: int = 10) -> Path:
     """The first ``per_class`` digits of each class, as their own ImageFolder."""
     source = _datasets.digits_folder()
-    target = _datasets.data_root() / f"digits-{per_class}-per-class"
+    target = _datasets.data_root() / f"{source.name}-{per_class}-per-class"
     if not (target / ".complete").is_file():
         shutil.rmtree(target, ignore_errors=True)
         for folder in sorted(p for p in source.iterdir() if p.is_dir()):

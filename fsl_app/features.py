@@ -308,8 +308,8 @@ class FeatureExtractor:
             bar.close()
 
     def _run_data_parallel(self, records: list) -> Iterable[tuple[list, torch.Tensor]]:
-        """Each worker decodes, preprocesses and forwards a slice of ``batch_size / num_workers`` images."""
-        size = max(1, -(-self.batch_size // self.num_workers))
+        """Each worker decodes, preprocesses and forwards slices of at most the engine's ``chunk_size`` images."""
+        size = max(1, min(-(-self.batch_size // self.num_workers), self._forward.chunk_size))
         chunks = [records[i:i + size] for i in range(0, len(records), size)]
         forward = self._forward.run
 

@@ -11,6 +11,7 @@ On a CPU the session can use its cores in two ways (``parallel``):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from .backbones import Backbone
 
 log = logging.getLogger(__name__)
 OPSET = 18
+EXPORT_REVISION = 2  # part of the cached file name: bump when export_onnx changes what it writes
 PARALLEL_MODES = ("data", "intra")
 _EXPORT_LOCK = threading.Lock()
 
@@ -42,14 +44,22 @@ def cpu_threads() -> int:
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, input_name: str = "images",
-                output_name: str = "output") -> Path:
-    """Export ``model`` with a dynamic batch axis, atomically (temp file then rename)."""
+                output_name: str = "output", static_padding: bool = True) -> Path:
+    """Export ``model`` with a dynamic batch axis, atomically (temp file then rename).
+
+    The height and width of ``example`` are fixed in the export, so ``static_padding`` (default) first replaces
+    timm's TF-style "same"-padded convolutions by constant padding for that size (:func:`static_same_padding`):
+    the same numbers, without the shape arithmetic that otherwise runs at every call and blocks ONNX Runtime's
+    Pad+Conv fusion (~1.15x faster on CPU for ``tf_efficientnet_lite0``).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(handle)
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
+            if static_padding:
+                model = static_same_padding(model, example)
             torch.onnx.export(model.eval(), (example,), temp, input_names=[input_name], output_names=[output_name],
                               dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
                               opset_version=OPSET, dynamo=False)
@@ -58,6 +68,50 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, input_na
         if os.path.exists(temp):
             os.unlink(temp)
     return path
+
+
+def static_same_padding(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``model``, or a copy whose timm ``Conv2dSame`` layers use constant padding for ``example``'s spatial size.
+
+    ``Conv2dSame`` computes TensorFlow's "same" padding from the input size at every call; for a fixed input size it
+    is a constant ``ZeroPad2d`` followed by an unpadded convolution, which gives identical outputs for that size.
+    """
+    try:
+        from timm.layers import Conv2dSame
+        from timm.layers.padding import get_same_padding
+    except ImportError:  # a timm without these layers has nothing to replace
+        return model
+    if not any(isinstance(module, Conv2dSame) for module in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    sizes: dict[str, tuple[int, int]] = {}
+    def recorder(name: str):
+        def hook(_module, args) -> None:
+            sizes.setdefault(name, tuple(args[0].shape[-2:]))
+
+        return hook
+
+    hooks = [module.register_forward_pre_hook(recorder(name))
+             for name, module in model.named_modules() if isinstance(module, Conv2dSame)]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name, (height, width) in sizes.items():
+        parent_name, _, attribute = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        same = getattr(parent, attribute)
+        pad_h = get_same_padding(int(height), same.kernel_size[0], same.stride[0], same.dilation[0])
+        pad_w = get_same_padding(int(width), same.kernel_size[1], same.stride[1], same.dilation[1])
+        conv = nn.Conv2d(same.in_channels, same.out_channels, same.kernel_size, same.stride, 0, same.dilation,
+                         same.groups, same.bias is not None)
+        conv.weight = same.weight
+        conv.bias = same.bias
+        pad = nn.ZeroPad2d((pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        setattr(parent, attribute, nn.Sequential(pad, conv))
+    return model
 
 
 def cpu_session(path: Path, threads: int | None = None, *, spinning: bool = True):
@@ -80,9 +134,13 @@ def cpu_session(path: Path, threads: int | None = None, *, spinning: bool = True
 class OnnxBackbone:
     """Callable (n, 3, H, W) float tensor -> (n, d) float tensor, backed by an ONNX Runtime CPU session.
 
-    With ``workers > 1`` (a single-threaded session, ``parallel="data"``) a batch is cut into ``workers`` slices that
-    run concurrently; :meth:`run` forwards one array in the calling thread.
+    With ``workers > 1`` (a single-threaded session, ``parallel="data"``) a batch is cut into slices of at most
+    ``chunk_size`` images that ``workers`` threads run concurrently; :meth:`run` forwards one array in the calling
+    thread. Small slices keep a run's activations in the core's cache: on 2 cores, slices of 1-4 images measured
+    ~25% faster than slices of 16-32 (benchmarks/results/extraction.md, batch-size sweep).
     """
+
+    chunk_size = 4
 
     def __init__(self, session, *, workers: int = 1):
         self.session = session
@@ -98,8 +156,13 @@ class OnnxBackbone:
         array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
         if self._pool is None or len(array) < 2:
             return torch.from_numpy(self.run(array))
-        slices = np.array_split(array, min(self.workers, len(array)))
-        return torch.from_numpy(np.concatenate(list(self._pool.map(self.run, slices))))
+        slices = max(self.workers, -(-len(array) // self.chunk_size))
+        return torch.from_numpy(np.concatenate(list(self._pool.map(self.run, np.array_split(array, slices)))))
+
+    @staticmethod
+    def export_path(backbone: Backbone, directory: Path) -> Path:
+        """Where :meth:`for_backbone` keeps the export of ``backbone`` (one file per weights and export revision)."""
+        return Path(directory) / f"{backbone.id}-r{EXPORT_REVISION}.onnx"
 
     @classmethod
     def for_backbone(cls, backbone: Backbone, directory: Path, *, tolerance: float = 1e-3, threads: int | None = None,
@@ -115,12 +178,13 @@ class OnnxBackbone:
         if parallel not in PARALLEL_MODES:
             raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {parallel!r}")
         threads = threads or cpu_threads()
-        path = directory / f"{backbone.id}.onnx"
+        path = cls.export_path(backbone, directory)
         example = torch.randn(2, *backbone.input_size, generator=torch.Generator().manual_seed(0))
         with _EXPORT_LOCK:
             if not path.is_file():
                 log.info("exporting %s to ONNX once (cached at %s)", backbone.name, path)
                 export_onnx(backbone.model.cpu().float(), example, path)
+                _remove_older_revisions(backbone, path)
         if parallel == "data":
             engine = cls(cpu_session(path, 1), workers=threads)
         else:
@@ -138,6 +202,17 @@ class OnnxBackbone:
             raise RuntimeError(f"ONNX output differs from torch by {difference:.2e}")
         _write_json(marker, fingerprint)
         return engine
+
+
+def _remove_older_revisions(backbone: Backbone, current: Path) -> None:
+    """Exports of the same weights written by an older fsl_app (and their check markers) are dead weight."""
+    for old in list(current.parent.glob(f"{backbone.id}.onnx*")) + list(current.parent.glob(f"{backbone.id}-r*.onnx*")):
+        if old.name.startswith(current.name):
+            continue
+        try:
+            old.unlink()
+        except OSError:  # in use elsewhere (Windows) or read-only: harmless, just space
+            pass
 
 
 def _fingerprint(path: Path, tolerance: float) -> dict:
