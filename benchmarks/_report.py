@@ -120,15 +120,9 @@ def write_result(name: str, title: str, sections: Sequence[str], *, info: dict |
     return path
 
 
-def bench_environment(root: Path | None = None, *, single_thread_math: bool = False) -> dict:
-    """Environment for benchmark subprocesses: the repository on sys.path, offline hub.
-
-    ``single_thread_math``: one OpenBLAS / OpenMP thread (scikit-learn and small torch ops). Used by the accuracy
-    benchmarks only, to keep them fast on a busy machine (see results/latency.md); it changes speed, not results.
-    """
+def bench_environment(root: Path | None = None) -> dict:
+    """Environment for benchmark subprocesses: the repository on sys.path, offline hub, optional cache root."""
     env = dict(os.environ)
-    if single_thread_math:
-        env.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     repo = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("HF_HUB_OFFLINE", "1")

@@ -49,19 +49,17 @@ NO_FLIP = {"__version__": None, "transform": {  # light preset without the horiz
         {"__class_fullname__": "ColorJitter", "p": 0.5, "brightness": [0.8, 1.2], "contrast": [0.8, 1.2],
          "saturation": [0.9, 1.1], "hue": [0.0, 0.0]}]}}
 FINETUNE_CONFIGS = {  # name: FineTune params (the rest are the strategy defaults)
-    "default (last_n=2, light aug, 15 ep)": {},
+    "default (last_n=2, light aug, val 20%, 15 ep)": {},
     "head only": {"mode": "head"},
-    "full, light aug": {"mode": "full"},
-    "full, no aug": {"mode": "full", "augment": "none"},
-    "full, aug w/o flip": {"mode": "full", "augment": NO_FLIP},
-    "full, no flip, 30 ep, lr 3e-3, no val split": {"mode": "full", "augment": NO_FLIP, "epochs": 30, "lr": 3e-3,
-                                                    "val_fraction": 0.0},
-    "full, no flip, 30 ep, no val, bb lr x1": {"mode": "full", "augment": NO_FLIP, "epochs": 30,
-                                               "val_fraction": 0.0, "backbone_lr_scale": 1.0},
-    "last_n=4, no flip, 30 ep, lr 3e-3, no val": {"mode": "last_n", "last_n": 4, "augment": NO_FLIP, "epochs": 30,
-                                                  "lr": 3e-3, "val_fraction": 0.0},
+    "default, no val split": {"val_fraction": 0.0},
+    "default, no val split, aug w/o flip": {"val_fraction": 0.0, "augment": NO_FLIP},
+    "full, no val split, aug w/o flip": {"mode": "full", "val_fraction": 0.0, "augment": NO_FLIP},
+    "full, no val split, light aug (flip)": {"mode": "full", "val_fraction": 0.0},
+    "full, no val split, no aug": {"mode": "full", "val_fraction": 0.0, "augment": "none"},
+    "full, no val, w/o flip, 30 ep, lr 3e-3": {"mode": "full", "val_fraction": 0.0, "augment": NO_FLIP, "epochs": 30,
+                                               "lr": 3e-3},
 }
-QUICK_FINETUNE = ["default (last_n=2, light aug, 15 ep)", "full, no flip, 30 ep, lr 3e-3, no val split"]
+QUICK_FINETUNE = ["default (last_n=2, light aug, val 20%, 15 ep)", "full, no val split, aug w/o flip"]
 
 
 def run_cli(arguments: list[str], env: dict) -> tuple[dict, float]:
@@ -165,7 +163,7 @@ def main() -> None:
         names = [n.strip() for n in args.finetune_configs.split(",")]
     data = _datasets.digits_folder()
     work = Path(tempfile.mkdtemp(prefix="fsl-bench-digits-"))
-    env = _report.bench_environment(work / "cache", single_thread_math=True)
+    env = _report.bench_environment(work / "cache")
     try:
         prepare_cache(work / "cache", env)
         sections = [f"Data: {data} (1797 images, 10 classes). Feature cache: a fresh folder per run."]

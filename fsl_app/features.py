@@ -297,7 +297,7 @@ class FeatureExtractor:
     def _run(self, records: list, *, progress: bool) -> Iterable[tuple[list, torch.Tensor]]:
         bar = _progress_bar(len(records), progress, f"features ({self.engine})")
         try:
-            if self.parallel == "data" and self.engine == "onnx" and self.num_workers > 1:
+            if self.parallel == "data" and hasattr(self._forward, "run") and self.num_workers > 1:
                 runs = self._run_data_parallel(records)
             else:
                 runs = self._run_prefetch(records)

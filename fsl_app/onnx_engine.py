@@ -1,12 +1,17 @@
 """The frozen backbone in ONNX Runtime: exported once per backbone id, cached on disk, checked against torch.
 
+The export fixes the input size, so timm's TF-style "same" padding is turned into constant padding first
+(:func:`static_same_padding`): identical numbers, and ONNX Runtime can then fuse every Pad into its Conv. The check
+against torch runs once per exported file and library versions (a ``.verified.json`` marker next to the file).
+
 On a CPU the session can use its cores in two ways (``parallel``):
 
-- ``"intra"``: one ``run`` at a time, each operator split over ``threads`` intra-op threads;
+- ``"intra"``: one ``run`` at a time, each operator split over ``threads`` intra-op threads (not spinning);
 - ``"data"``: a single-threaded session run concurrently from ``threads`` Python threads, each on its own slice of
-  the batch (ONNX Runtime's ``run`` releases the GIL and is thread-safe). No per-operator synchronisation and no
-  spinning worker threads, so on a small machine it is faster and leaves decoding threads room to run
-  (benchmarks/bench_extraction.py measures both). This is the default for feature extraction.
+  at most ``OnnxBackbone.chunk_size`` images (ONNX Runtime's ``run`` releases the GIL and is thread-safe). No
+  per-operator synchronisation, no spinning threads, activations that stay in a core's cache: on a small machine it
+  is faster and leaves decoding threads room to run. This is the default for feature extraction
+  (benchmarks/results/extraction.md measures both).
 """
 
 from __future__ import annotations
@@ -187,8 +192,8 @@ class OnnxBackbone:
                 _remove_older_revisions(backbone, path)
         if parallel == "data":
             engine = cls(cpu_session(path, 1), workers=threads)
-        else:
-            engine = cls(cpu_session(path, threads))
+        else:  # no spinning: the extractor's decoding threads run between operators
+            engine = cls(cpu_session(path, threads, spinning=False))
         marker = path.with_name(path.name + ".verified.json")
         fingerprint = _fingerprint(path, tolerance)
         if _read_json(marker) == fingerprint:
