@@ -15,6 +15,7 @@ single-threaded ONNX Runtime session, so decoding never waits for the forward pa
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -237,7 +238,9 @@ class FeatureExtractor:
         return self._torch_forward()
 
     def _torch_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        model = self.backbone.model.to(self.device).eval()
+        # A private copy: moving it to the GPU or to channels_last must not change the backbone that strategies
+        # deep-copy for fine-tuning and export (those expect it on the CPU, in the default layout).
+        model = copy.deepcopy(self.backbone.model).to(self.device).eval()
         on_cuda = self.device.type == "cuda"
         if on_cuda or self.device.type == "cpu":
             model = model.to(memory_format=torch.channels_last)
