@@ -7,6 +7,7 @@ within the same round (paired), never ratios of numbers from different runs.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -104,8 +105,12 @@ def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def write_result(name: str, title: str, sections: Sequence[str], *, info: dict | None = None,
-                 seconds: float | None = None) -> Path:
-    """Write ``results/<name>.md``: title, how it was produced, machine line, then the sections."""
+                 seconds: float | None = None, goals: Sequence[Sequence] | None = None) -> Path:
+    """Write ``results/<name>.md``: title, how it was produced, machine line, then the sections.
+
+    ``goals``: rows (goal, measured, verdict) that ``collect.py`` puts in the "goals at a glance" table
+    (``results/<name>.goals.json``).
+    """
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     script = Path(sys.argv[0]).name
     arguments = " ".join(sys.argv[1:])
@@ -113,6 +118,13 @@ def write_result(name: str, title: str, sections: Sequence[str], *, info: dict |
               f"Produced by `.venv/bin/python benchmarks/{script}{(' ' + arguments) if arguments else ''}`"
               + (f" in {seconds:.0f} s" if seconds is not None else "") + ".",
               f"Machine: {machine_line(info)}; at the end {os.getloadavg()[0]:.2f}.", ""]
+    goals_path = RESULTS_DIR / f"{name}.goals.json"
+    if goals is not None:
+        goals_path.write_text(json.dumps({"title": title, "date": (info or {}).get("date"),
+                                          "rows": [[str(cell) for cell in row] for row in goals]}, indent=1),
+                              encoding="utf-8")
+    else:
+        goals_path.unlink(missing_ok=True)
     path = RESULTS_DIR / f"{name}.md"
     path.write_text("\n".join(header) + "\n\n".join(section.strip() for section in sections) + "\n",
                     encoding="utf-8")

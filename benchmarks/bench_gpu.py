@@ -166,7 +166,9 @@ def main() -> None:
             "default layout vs channels_last, optional torch.compile, batch 32-256), the product's end-to-end "
             "extraction on the GPU (AMP + channels_last + pinned memory, 2-8 decode threads) vs its bare forward, "
             "and the fine-tuning step (AMP + GradScaler) vs a hand-written loop. `--device cpu --tiny` checks its code "
-            "paths without a GPU."], info=info)
+            "paths without a GPU."], info=info,
+            goals=[["GPU script written (AMP + channels_last, pinned memory, workers)", "no CUDA device here",
+                    "not run"]])
         return
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

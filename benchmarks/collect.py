@@ -7,6 +7,7 @@ description, in a fixed order, and lists what is missing. Run alone: ``.venv/bin
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import _report
@@ -48,6 +49,16 @@ def main() -> None:
                     f"python {info['python']}, torch {info['torch']}, onnxruntime {info['onnxruntime']}, timm "
                     f"{info['timm']}, numpy {info['numpy']}, pillow {info['pillow']}. Each section names the "
                     "date and load of its own run.\n"]
+    goals = []
+    for relative, _ in SECTIONS:
+        path = HERE / relative.replace(".md", ".goals.json")
+        if relative.startswith("results/") and path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            goals += [[data["title"].split(".")[0] if "." in data["title"][:8] else data["title"]] + row
+                      for row in data["rows"]]
+    if goals:
+        parts.append("## Goals at a glance\n\n" + _report.table(["question", "goal", "measured", "verdict"], goals)
+                     + "\n")
     missing = []
     for relative, script in SECTIONS:
         path = HERE / relative

@@ -41,11 +41,18 @@ _EXPORT_LOCK = threading.Lock()
 
 
 def cpu_threads() -> int:
-    """CPU cores this process may use (its affinity mask, e.g. a container's limit), at least 1."""
+    """CPU cores this process may use: its affinity mask, capped by a cgroup v2 CPU quota (containers); at least 1."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, input_name: str = "images",
@@ -141,11 +148,11 @@ class OnnxBackbone:
 
     With ``workers > 1`` (a single-threaded session, ``parallel="data"``) a batch is cut into slices of at most
     ``chunk_size`` images that ``workers`` threads run concurrently; :meth:`run` forwards one array in the calling
-    thread. Small slices keep a run's activations in the core's cache: on 2 cores, slices of 1-4 images measured
-    ~25% faster than slices of 16-32 (benchmarks/results/extraction.md, batch-size sweep).
+    thread. Small slices keep a run's activations in the core's cache: on 2 cores, slices of 1-2 images measured
+    10-35% faster than slices of 4-32 (benchmarks/results/extraction.md, "Slice and batch sizes").
     """
 
-    chunk_size = 4
+    chunk_size = 2
 
     def __init__(self, session, *, workers: int = 1):
         self.session = session
