@@ -42,24 +42,15 @@ REFERENCE = {  # plain-script reference of the issue (percent)
 EPISODE_CONFIGS = [  # (strategy, classifier param, n_way)
     ("linear", "svm", 5), ("linear", "logreg", 5), ("protonet", None, 5), ("linear", "svm", 10), ("protonet", None, 10),
 ]
-NO_FLIP = {"__version__": None, "transform": {  # light preset without the horizontal flip (wrong for digits)
-    "__class_fullname__": "Compose", "p": 1.0, "transforms": [
-        {"__class_fullname__": "Affine", "p": 0.7, "scale": [0.9, 1.1], "rotate": [-10, 10],
-         "translate_percent": [-0.05, 0.05]},
-        {"__class_fullname__": "ColorJitter", "p": 0.5, "brightness": [0.8, 1.2], "contrast": [0.8, 1.2],
-         "saturation": [0.9, 1.1], "hue": [0.0, 0.0]}]}}
 FINETUNE_CONFIGS = {  # name: FineTune params (the rest are the strategy defaults)
-    "default (last_n=2, light aug, val 20%, early stop)": {},
-    "default, no early stop (patience 15)": {"patience": 15},
-    "default, no val split": {"val_fraction": 0.0},
-    "head only, no val split": {"mode": "head", "val_fraction": 0.0},
-    "full, no val split, light aug (flip)": {"mode": "full", "val_fraction": 0.0},
-    "full, no val split, aug w/o flip": {"mode": "full", "val_fraction": 0.0, "augment": NO_FLIP},
-    "full, no val split, no aug": {"mode": "full", "val_fraction": 0.0, "augment": "none"},
-    "full, no val, w/o flip, 30 ep, lr 3e-3": {"mode": "full", "val_fraction": 0.0, "augment": NO_FLIP, "epochs": 30,
-                                               "lr": 3e-3},
+    "default (linear-probe head, last_n=2, light aug, 15 epochs)": {},
+    "linear-probe head alone (epochs=0, no training)": {"epochs": 0},
+    "random head init, otherwise default": {"head_init": "random"},
+    "linear-probe head, full network": {"mode": "full"},
+    "linear-probe head, head only": {"mode": "head"},
+    "linear-probe head, last_n=2, no augmentation": {"augment": "none"},
 }
-QUICK_FINETUNE = ["default (last_n=2, light aug, val 20%, early stop)", "full, no val split, aug w/o flip"]
+QUICK_FINETUNE = ["default (linear-probe head, last_n=2, light aug, 15 epochs)", "random head init, otherwise default"]
 
 
 def run_cli(arguments: list[str], env: dict) -> tuple[dict, float]:
@@ -154,36 +145,16 @@ def finetune_study(data: Path, episodes: int, names: list[str], queries: int) ->
               f"({results[best][1]:+.1f} pt)", "met" if results[best][1] > 0 else "not met"]]
     if default in results:
         goals.append(["the default fine-tuning recipe on the same episodes", f"{results[default][0]:.1f} "
-                      f"({results[default][1]:+.1f} pt vs linear)", "loses: early stopping on a 10-image validation "
-                      "split (see the trace)" if results[default][1] < 0 else "wins"])
+                      f"({results[default][1]:+.1f} pt vs linear)", "wins" if results[default][1] > 0 else "loses"])
     return goals, (f"### Fine-tuning vs linear on the same 10-way 5-shot digit episodes ({episodes} episodes, seed 1, "
             f"{queries} queries/class)\n\n"
             + _report.table(["strategy", "accuracy % ± 95% CI", "paired diff vs linear logreg (pts)",
-                             "episodes won", "s / episode"], rows))
-
-
-def early_stop_trace(data: Path, queries: int) -> str:
-    """StepLogs of the default fine-tuning on the first 10-way 5-shot episode of the study (seed 1)."""
-    from fsl_app.backbones import load_backbone
-    from fsl_app.dataset import ImageSet
-    from fsl_app.evaluation import sample_episode
-    from fsl_app.strategies import create_strategy
-
-    backbone = load_backbone()
-    images = ImageSet.from_folder(data)
-    support, query = sample_episode(images.label_indices(), 10, 5, queries, np.random.default_rng(1))
-    support_set, query_set = images.subset(support), images.subset(query)
-    logs = []
-    model = create_strategy("finetune").fit(support_set, backbone=backbone, on_step=logs.append)
-    accuracy = float((np.array(model.predict(query_set)) == np.array(query_set.labels)).mean())
-    rows = [[log.epoch, log.loss, log.train_acc, log.val_acc] for log in logs]
-    best = max(logs, key=lambda log: log.val_acc)  # the first epoch with the best validation accuracy is restored
-    return ("### Why the default loses: its training log on the first episode\n\n"
-            + _report.table(["epoch", "train loss", "train acc", "val acc (10 images)"], rows)
-            + f"\n\nTraining stopped after epoch {logs[-1].epoch} of 15 (patience 5 without a strictly better "
-              f"validation accuracy) and the weights of epoch {best.epoch} were restored: query accuracy "
-              f"{100 * accuracy:.1f}%. With one held-out image per class, validation accuracy moves in steps of 10% "
-              "and stalls while the training loss is still falling.")
+                             "episodes won", "s / episode"], rows)
+            + "\n\nEvery fine-tuning row trains on all 5 shots: below 10 images per class no validation split is held "
+              "out (one image per class is too noisy to pick an epoch). The previous default (random head, "
+              "horizontal flips, 20% validation split with early stopping) scored 46.0 against linear's 74.0 on the "
+              "first of these episodes (commit 5b915c5). The 'random head init' row shows what starting the head as a "
+              "linear probe (LP-FT, Kumar et al. 2022) adds on top of training on every shot without flips.")
 
 
 def main() -> None:
@@ -222,8 +193,6 @@ def main() -> None:
             finetune_goals, text = finetune_study(data, finetune_episodes, names, 15)
             goals += finetune_goals
             sections.append(text)
-            if not args.quick:
-                sections.append(early_stop_trace(data, 15))
         _report.write_result("fewshot_digits", "Issue 2. Few-shot accuracy on digits (CLI) and fine-tuning vs linear",
                              sections, info=info, seconds=time.perf_counter() - started, goals=goals)
     finally:

@@ -17,12 +17,11 @@ PRESETS = ("none", "light", "medium", "strong")
 
 
 def preset(name: str = "light") -> A.Compose:
-    """Named pipelines, from none to strong; ``light`` is the fine-tuning default."""
+    """Named pipelines, from none to strong; ``light`` (no flips) is the fine-tuning default."""
     if name == "none":
         return A.Compose([])
-    if name == "light":
-        return A.Compose([A.HorizontalFlip(p=0.5),
-                          A.Affine(scale=(0.9, 1.1), rotate=(-10, 10), translate_percent=(-0.05, 0.05), p=0.7),
+    if name == "light":  # no flip: a mirrored digit, letter or asymmetric part is another class
+        return A.Compose([A.Affine(scale=(0.9, 1.1), rotate=(-10, 10), translate_percent=(-0.05, 0.05), p=0.7),
                           A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1, hue=0.0, p=0.5)])
     if name == "medium":
         return A.Compose([A.HorizontalFlip(p=0.5),

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(commands) -> None:
     """Commands whose modules live elsewhere (export, store, benchmarks)."""
-    from .export import add_export_command
+    from .export_cli import add_export_command
     from .store.cli import add_store_commands
 
     add_export_command(commands)

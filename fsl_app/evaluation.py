@@ -19,7 +19,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from .backbones import Backbone
 from .dataset import DataError, ImageSet
 from .features import get_extractor
-from .strategies.base import Strategy
+from .strategies.base import OnStep, Strategy
 
 PROTOCOLS = ("auto", "loo", "kfold", "holdout")
 Progress = Callable[[int, int], None] | None
@@ -137,8 +137,13 @@ def _holdout(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np
 # --- protocols --------------------------------------------------------------------------------------------------
 
 def evaluate(strategy: Strategy, images: ImageSet, backbone: Backbone, *, protocol: str = "auto", seed: int = 0,
-             folds: int = 5, test_size: float = 0.25, progress: Progress = None) -> EvaluationReport:
-    """Fit clones of ``strategy`` on the training part of each split and score the held-out images."""
+             folds: int = 5, test_size: float = 0.25, progress: Progress = None,
+             on_step: OnStep = None) -> EvaluationReport:
+    """Fit clones of ``strategy`` on the training part of each split and score the held-out images.
+
+    ``on_step`` gets the StepLogs of every split's fit (a long fine-tuning is drawn, and can be cancelled by raising
+    from it, before its first split ends).
+    """
     images = images.labeled()
     images.check_trainable()
     classes = images.classes
@@ -151,7 +156,7 @@ def evaluate(strategy: Strategy, images: ImageSet, backbone: Backbone, *, protoc
     features = get_extractor(backbone).extract(images) if strategy.uses_frozen_features else None
     tested, predicted, probabilities, split_scores = [], [], [], []
     for number, (train, test) in enumerate(splits, 1):
-        proba = _fit_predict(strategy, images, backbone, features, train, test, classes)
+        proba = _fit_predict(strategy, images, backbone, features, train, test, classes, on_step)
         tested.extend(test.tolist())
         predicted.extend(proba.argmax(1).tolist())
         probabilities.extend(proba.tolist())
@@ -168,7 +173,7 @@ def evaluate(strategy: Strategy, images: ImageSet, backbone: Backbone, *, protoc
 
 
 def _fit_predict(strategy: Strategy, images: ImageSet, backbone: Backbone, features: torch.Tensor | None,
-                 train: np.ndarray, test: np.ndarray, classes: list[str]) -> torch.Tensor:
+                 train: np.ndarray, test: np.ndarray, classes: list[str], on_step: OnStep = None) -> torch.Tensor:
     """Probabilities (len(test), len(classes)) of a clone fitted on ``train``; absent classes get 0."""
     model = strategy.clone()
     train_labels = [images[int(i)].label for i in train]
@@ -177,7 +182,7 @@ def _fit_predict(strategy: Strategy, images: ImageSet, backbone: Backbone, featu
         model.fit_features(features[train], train_labels)
         proba = model.predict_proba(features[test])
     else:
-        model.fit(images.subset(train), backbone=backbone)
+        model.fit(images.subset(train), backbone=backbone, on_step=on_step)
         proba = model.predict_proba(images.subset(test))
     full = torch.zeros(len(test), len(classes))
     full[:, [classes.index(c) for c in model.classes_]] = proba.float()

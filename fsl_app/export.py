@@ -34,11 +34,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .export_cli import EXPORT_FORMATS, QUANTIZATIONS  # defined there: the CLI names them without importing torch
 from .images import ImageError, load_image
 
-EXPORT_FORMATS = ("onnx", "torchscript", "bundle")
 FORMAT_SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".ts"), "bundle": (".zip",)}
-QUANTIZATIONS = ("int8",)
 EXPORT_FORMAT_VERSION = 1
 MARKER_KEY = "fsl_app_export"  # present (value: format version) in every export's metadata
 TORCHSCRIPT_EXTRA_FILE = "fsl_app.json"
@@ -858,31 +857,8 @@ def export_path(run_dir: Path, export_format: str, out: str | Path | None) -> Pa
     return out
 
 
-def add_export_command(commands) -> None:
-    """Register ``fsl-app export RUN_DIR --format onnx|torchscript|bundle [--out PATH] [--threshold] [--quantize]``."""
-    parser = commands.add_parser("export", help="write a run as ONNX, TorchScript or a self-contained bundle")
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by `fsl-app train`")
-    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS)
-    parser.add_argument("--out", default=None, metavar="PATH",
-                        help="file to write (.onnx, .pt or .zip; default: next to the run folder)")
-    parser.add_argument("--threshold", default="none", metavar="auto|none|FLOAT",
-                        help="report 'unknown' below this top probability; auto: accept 95%% of the correct "
-                             "held-out predictions (default: none)")
-    parser.add_argument("--quantize", default=None, choices=QUANTIZATIONS,
-                        help="dynamic int8 quantization of the ONNX model for CPU deployment")
-    parser.set_defaults(handler=cmd_export)
-
-
-def cmd_export(args) -> int:
-    out = export_run(args.run_dir, args.format, args.out, threshold=args.threshold, quantize=args.quantize)
-    info = _exported_info(out, args.format)
-    threshold = "none" if info["threshold"] is None else f"{info['threshold']:.4f}"
-    print(f"wrote {out} ({args.format}{', int8' if args.quantize else ''}, {len(info['classes'])} classes, "
-          f"threshold {threshold}, {out.stat().st_size / 2**20:.1f} MiB)")
-    return 0
-
-
-def _exported_info(out: Path, export_format: str) -> dict:
+def exported_info(out: Path, export_format: str) -> dict:
+    """The fsl_app metadata (classes, threshold, ...) stored inside an exported file."""
     if export_format == "onnx":
         import onnx
 

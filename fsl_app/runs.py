@@ -62,7 +62,8 @@ def train_run(images: ImageSet, strategy: Strategy, backbone: Backbone, out_dir:
               snapshot: dict | None = None) -> RunResult:
     """Evaluate ``strategy`` on ``images`` with ``protocol``, fit it on all of them and save the run in ``out_dir``.
 
-    ``on_progress(phase, done, total)`` reports evaluation and fitting; ``on_step`` gets every training StepLog.
+    ``on_progress(phase, done, total)`` reports evaluation and fitting; ``on_step`` gets every training StepLog (the
+    evaluation splits' fits, then the final fit; only the final fit's go to ``metrics.jsonl``).
     """
     labeled = images.labeled()
     labeled.check_trainable()
@@ -90,7 +91,7 @@ def _train_into(partial: Path, labeled: ImageSet, strategy: Strategy, backbone: 
     write_json_atomic(partial / "config.json", config)
     started = time.perf_counter()
     report = evaluate(strategy, labeled, backbone, protocol=protocol, seed=seed,
-                      progress=(lambda d, t: on_progress("evaluate", d, t)) if on_progress else None)
+                      progress=(lambda d, t: on_progress("evaluate", d, t)) if on_progress else None, on_step=on_step)
     evaluated = time.perf_counter()
     with open(partial / "metrics.jsonl", "a", encoding="utf-8") as log_file:
         def log_step(step: StepLog) -> None:

@@ -423,28 +423,6 @@ def cached_backbone(name: str, weights: str):
         return _BACKBONES[key]
 
 
-def _observed(strategy, observer: Callable):
-    """A copy of ``strategy`` whose every fit, the evaluation fits included, reports its steps to ``observer``.
-
-    ``evaluate`` fits clones without a step callback, so a long fine-tuning could neither be cancelled nor drawn
-    before its first split ended; a subclass survives ``clone()`` (which calls ``type(self)``), so it reaches them.
-    """
-    base = type(strategy)
-
-    class Observed(base):  # type: ignore[misc, valid-type]
-        def fit(self, support, *, backbone, on_step=None):
-            def report(step):
-                observer(step)
-                if on_step is not None:
-                    on_step(step)
-
-            return super().fit(support, backbone=backbone, on_step=report)
-
-    Observed.__name__ = Observed.__qualname__ = base.__name__
-    Observed.__module__ = base.__module__
-    return Observed(**strategy.get_params())
-
-
 def training_work(request: TrainRequest) -> Callable[[JobContext], dict]:
     """The job function for a :class:`TrainRequest`: train, write the run folder, record it in the project."""
 
@@ -457,13 +435,13 @@ def training_work(request: TrainRequest) -> Callable[[JobContext], dict]:
             images = project.image_set(labeled_only=True)
             context.progress(f"loading backbone {request.backbone}", 0, 1)
             backbone = cached_backbone(request.backbone, request.weights)
-            strategy = _observed(create_strategy(request.strategy, **request.params), context.step)
+            strategy = create_strategy(request.strategy, **request.params)
             out_dir = runs_dir(project) / new_run_name(request.strategy)
             augment = request.params.get("augment") if isinstance(request.params.get("augment"), dict) else None
             context.progress(PHASE_NAMES["evaluate"], 0, 1)
             try:
                 result = train_run(images, strategy, backbone, out_dir, protocol=request.protocol, seed=request.seed,
-                                   on_progress=_phase_names(context), augment=augment)
+                                   on_step=context.step, on_progress=_phase_names(context), augment=augment)
             except BaseException:
                 shutil.rmtree(out_dir.with_name(out_dir.name + PARTIAL_SUFFIX), ignore_errors=True)
                 raise

@@ -75,6 +75,12 @@ def test_presets_grow_stronger(photo):
     assert mean_change("light") < mean_change("strong")
 
 
+def test_default_preset_never_mirrors():
+    """A mirrored digit, letter or asymmetric part can be another class: the default does not flip."""
+    names = {transform.__class__.__name__ for transform in preset("light").transforms}
+    assert not names & {"HorizontalFlip", "VerticalFlip", "Transpose"}
+
+
 def test_build_augment_accepts_names_dicts_and_none():
     assert to_dict(build_augment(None)) == to_dict(preset("light"))
     assert to_dict(build_augment("medium")) == to_dict(preset("medium"))

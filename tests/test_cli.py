@@ -238,3 +238,11 @@ def test_installed_entry_point_help():
     for command in ("train", "evaluate", "predict", "export", "ui"):
         assert command in completed.stdout
     assert "Traceback" not in completed.stderr
+
+
+def test_building_the_parser_does_not_import_torch():
+    """`fsl-app --help` and argument errors answer at once: torch (about 2 s to import) loads only for real work."""
+    code = ("import sys; from fsl_app.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'timm', 'onnxruntime', 'sklearn') if m in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.strip() == "[]"

@@ -169,8 +169,8 @@ def test_on_step_reports_every_epoch(fitted):
         assert math.isfinite(step.loss) and step.loss > 0
         assert 0.0 <= step.train_acc <= 1.0
         assert set(step.to_dict()) == {"step", "epoch", "loss", "train_acc", "val_acc", "lr"}
-    if fitted.strategy.name == "finetune":  # 4 images per class: one of each is held out for validation
-        assert all(step.val_acc is not None and 0.0 <= step.val_acc <= 1.0 for step in fitted.steps)
+    if fitted.strategy.name == "finetune":  # 4 images per class are too few to hold any out for validation
+        assert all(step.val_acc is None for step in fitted.steps)
 
 
 # --- the contract, per strategy ---------------------------------------------------------------------------------
@@ -382,6 +382,44 @@ def test_finetune_modes_train_the_right_layers(digits_set, tiny_backbone):
     assert "conv_head.weight" in changed  # the last layer group of the backbone trains ...
     assert not any(key.startswith(("conv_stem", "bn1", "blocks.0", "blocks.1")) for key in changed)  # ... not early
     assert not any("running_" in key for key in changed)  # BatchNorm statistics stay frozen
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_probe_weights_classify_raw_features_like_the_fitted_probe(n_classes):
+    from sklearn.linear_model import LogisticRegression
+
+    from fsl_app.strategies.finetune import probe_weights
+
+    x, labels = blobs(n_classes, seed=3)
+    y = np.array([int(label.split("_")[1]) for label in labels])
+    weight, bias = probe_weights(x.double(), y, n_classes, seed=0)
+    assert weight.shape == (n_classes, x.shape[1]) and bias.shape == (n_classes,)
+    centred = x.double() - x.double().mean(0)
+    probe = LogisticRegression(C=10.0, max_iter=2000).fit((centred / centred.norm(dim=1).mean()).numpy(), y)
+    assert np.array_equal((x @ weight.T + bias).argmax(1).numpy(), probe.predict(centred.numpy()))
+
+
+def test_finetune_head_starts_as_a_linear_probe_of_the_frozen_features(digits_set, tiny_backbone):
+    support = digits_set.subset([0, 1, 2, 6, 7, 8, 12, 13, 14])
+    probe_only = create_strategy("finetune", mode="head", epochs=0).fit(support, backbone=tiny_backbone)
+    random_head = create_strategy("finetune", mode="head", epochs=0, head_init="random").fit(
+        support, backbone=tiny_backbone)
+    labels = support.label_indices(probe_only.classes_)
+    assert np.array_equal(probe_only.predict_proba(support).argmax(1).numpy(), labels)
+    assert not torch.equal(probe_only.model_.get_classifier().weight, random_head.model_.get_classifier().weight)
+
+
+def test_validation_split_only_when_every_class_can_spare_images():
+    from fsl_app.strategies._training import MIN_IMAGES_FOR_VALIDATION, stratified_validation_split
+
+    five_shot = np.repeat(np.arange(4), 5)
+    train, val = stratified_validation_split(five_shot, 0.2, seed=0)
+    assert len(val) == 0 and np.array_equal(train, np.arange(20))
+    enough = np.repeat(np.arange(3), MIN_IMAGES_FOR_VALIDATION)
+    train, val = stratified_validation_split(enough, 0.2, seed=0)
+    assert np.array_equal(np.bincount(enough[val]), [2, 2, 2]) and len(train) + len(val) == len(enough)
+    assert not set(train) & set(val)
+    assert len(stratified_validation_split(enough, 0.0, seed=0)[1]) == 0
 
 
 # --- accuracy with the real backbone ------------------------------------------------------------------------------

@@ -2,15 +2,19 @@
 
 Transfer learning as in Kornblith et al., "Do Better ImageNet Models Transfer Better?" (CVPR 2019) and the few-shot
 "baseline" of Chen et al., "A Closer Look at Few-shot Classification" (ICLR 2019): train only the head, the last N
-layer groups, or the whole network. AdamW with linear warm-up and cosine decay, label smoothing, train-time
+layer groups, or the whole network. The new head starts as a linear probe fitted on the frozen features (LP-FT, Kumar
+et al., "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution", ICLR 2022): a randomly
+initialised head sends large, noisy gradients into the pretrained layers during the first epochs. AdamW with linear warm-up and cosine decay, label smoothing, train-time
 augmentation (albumentations), BatchNorm statistics frozen (few-shot batches are too small to estimate them), optional
 L2-SP (Li et al., ICML 2018) that pulls the weights toward their pretrained values, early stopping on a stratified
-validation split, AMP on CUDA. The fitted model is itself the exported module.
+validation split (only when every class has enough images to spare some), AMP on CUDA. The fitted model is itself the exported module.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+import warnings
 
 import numpy as np
 import torch
@@ -21,13 +25,17 @@ from torch.utils.data import DataLoader
 from ..augment import build_augment, seed_pipeline
 from ..backbones import Backbone
 from ..dataset import ImageSet
-from ..features import eval_transform, pick_device
+from ..features import eval_transform, extract_features, pick_device
+from ._heads import binary_to_two_columns
 from ._registry import register_strategy
 from ._training import (AugmentedImages, freeze_batchnorm, l2sp_penalty, stratified_validation_split,
                         warmup_cosine)
 from .base import OnStep, StepLog, Strategy
 
 MODES = ("head", "last_n", "full")
+HEAD_INITS = ("linear_probe", "random")
+
+log = logging.getLogger(__name__)
 
 
 @register_strategy
@@ -38,7 +46,8 @@ class FineTune(Strategy):
     def __init__(self, *, mode: str = "last_n", last_n: int = 2, epochs: int = 15, lr: float = 1e-3,
                  backbone_lr_scale: float = 0.1, weight_decay: float = 0.01, warmup_epochs: int = 1,
                  label_smoothing: float = 0.1, l2sp: float = 0.0, augment: dict | str | None = "light",
-                 batch_size: int = 16, patience: int = 5, val_fraction: float = 0.2, seed: int = 0):
+                 batch_size: int = 16, patience: int = 5, val_fraction: float = 0.2,
+                 head_init: str = "linear_probe", seed: int = 0):
         self.mode = mode
         self.last_n = last_n
         self.epochs = epochs
@@ -52,12 +61,15 @@ class FineTune(Strategy):
         self.batch_size = batch_size
         self.patience = patience
         self.val_fraction = val_fraction
+        self.head_init = head_init
         self.seed = seed
 
     # --- training ---
     def fit(self, support: ImageSet, *, backbone: Backbone, on_step: OnStep = None) -> "FineTune":
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
         support = support.labeled()  # unlabeled images carry no class: ignore them, as train_run does
         support.check_trainable()
         torch.manual_seed(self.seed)
@@ -67,6 +79,8 @@ class FineTune(Strategy):
         images = [support.load(i) for i in range(len(support))]
         train_idx, val_idx = stratified_validation_split(y, self.val_fraction, self.seed)
         model = self._build_model(backbone, len(classes))
+        if self.head_init == "linear_probe":
+            self._init_head_from_probe(model, support.subset(train_idx), y[train_idx])
         self.model_ = self._train(model, images, y, train_idx, val_idx, on_step).eval().cpu()
         self.classes_ = classes  # set last: a crash mid-fit must not leave an object that looks fitted
         return self
@@ -79,6 +93,19 @@ class FineTune(Strategy):
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(id(parameter) in head or name in trainable)
         return model
+
+    def _init_head_from_probe(self, model: nn.Module, train: ImageSet, y: np.ndarray) -> None:
+        """Set the new linear head to a logistic regression fitted on the frozen (cached) features of ``train``."""
+        classifier = model.get_classifier()
+        features = extract_features(self.backbone_, train).double()  # (n, num_features)
+        if not isinstance(classifier, nn.Linear) or features.shape[1] != classifier.in_features:
+            log.info("head_init='linear_probe' skipped: the head of %s is not one linear layer on the pooled "
+                     "features; it starts random.", self.backbone_.name)
+            return
+        weight, bias = probe_weights(features, y, classifier.out_features, self.seed)
+        with torch.no_grad():
+            classifier.weight.copy_(weight)
+            classifier.bias.copy_(bias)
 
     def _trainable_names(self, model: nn.Module) -> set[str]:
         if self.mode == "full":
@@ -207,6 +234,32 @@ class FineTune(Strategy):
         model.reset_classifier(len(self.classes_))
         model.load_state_dict(tensors)
         self.model_ = model.eval()
+
+
+def probe_weights(features: torch.Tensor, y: np.ndarray, n_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logistic regression on raw features (n, d) -> (weight (n_classes, d), bias (n_classes,)) acting on them.
+
+    Fitted on centred features scaled to unit mean norm (what ``linear`` sees, less the per-image normalisation,
+    which a linear layer cannot express), then folded back so that ``weight @ f + bias`` takes raw features.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    mean = features.mean(0)
+    scale = float((features - mean).norm(dim=1).mean()) or 1.0
+    x = ((features - mean) / scale).numpy()
+    weight, bias = np.zeros((n_classes, x.shape[1])), np.zeros(n_classes)
+    present = np.unique(y)
+    if len(present) >= 2:
+        with warnings.catch_warnings(), threadpool_limits(1):
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            estimator = LogisticRegression(C=10.0, max_iter=2000, random_state=seed).fit(x, y)
+        coef, intercept = binary_to_two_columns(estimator.coef_, np.atleast_1d(estimator.intercept_))
+        weight[present], bias[present] = coef, intercept
+    weight = torch.from_numpy(weight / scale)
+    bias = torch.from_numpy(bias) - weight @ mean
+    return weight.float(), bias.float()
 
 
 def _classifier_prefix(model: nn.Module) -> str:
