@@ -23,7 +23,7 @@ from .dataset import ImageRecord, ImageSet
 from .images import ImageError, decode_image, load_image, sha256_bytes, thumbnail
 from .jobs import JobContext, JobQueue
 from .runs import PARTIAL_SUFFIX, list_runs, load_run, new_run_name, read_run, train_run
-from .strategies import create_strategy, get_strategy_class, list_strategies
+from .strategies import create_strategy, get_strategy_class, interrupt_check, list_strategies
 
 TEST_BACKBONES_ENV = "FSL_APP_TEST_BACKBONES"
 TEST_BACKBONES = ("test_efficientnet", "test_vit")
@@ -217,7 +217,8 @@ PARAM_HELP = {
     "augment": "train-time augmentation: the pipeline saved on the Augment page, or a preset",
     "l2sp": "pull the weights towards their pretrained values (0: off)",
     "patience": "epochs without validation gain before stopping",
-    "val_fraction": "share of each class held out to pick the best epoch",
+    "val_fraction": "share of each class held out to pick the best epoch (only when every class has 10 images or more)",
+    "head_init": "linear_probe: the new head starts as a logistic regression on the frozen features (LP-FT); random",
 }
 
 
@@ -440,8 +441,10 @@ def training_work(request: TrainRequest) -> Callable[[JobContext], dict]:
             augment = request.params.get("augment") if isinstance(request.params.get("augment"), dict) else None
             context.progress(PHASE_NAMES["evaluate"], 0, 1)
             try:
-                result = train_run(images, strategy, backbone, out_dir, protocol=request.protocol, seed=request.seed,
-                                   on_step=context.step, on_progress=_phase_names(context), augment=augment)
+                with interrupt_check(context.check_cancelled):  # Cancel is honoured between batches
+                    result = train_run(images, strategy, backbone, out_dir, protocol=request.protocol,
+                                       seed=request.seed, on_step=context.step, on_progress=_phase_names(context),
+                                       augment=augment)
             except BaseException:
                 shutil.rmtree(out_dir.with_name(out_dir.name + PARTIAL_SUFFIX), ignore_errors=True)
                 raise

@@ -409,6 +409,27 @@ def test_finetune_head_starts_as_a_linear_probe_of_the_frozen_features(digits_se
     assert not torch.equal(probe_only.model_.get_classifier().weight, random_head.model_.get_classifier().weight)
 
 
+def test_interrupt_check_stops_fine_tuning_between_batches(digits_set, tiny_backbone):
+    from fsl_app.strategies import interrupt_check
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 3:
+            raise Stop
+
+    steps = []
+    strategy = create_strategy("finetune", mode="head", epochs=2, batch_size=4)  # 18 images: 5 batches an epoch
+    with pytest.raises(Stop), interrupt_check(check):
+        strategy.fit(digits_set, backbone=tiny_backbone, on_step=steps.append)
+    assert steps == [] and len(calls) == 3  # stopped inside the first epoch
+    strategy.fit(digits_set.subset(range(12)), backbone=tiny_backbone)  # outside the block nothing is checked
+
+
 def test_validation_split_only_when_every_class_can_spare_images():
     from fsl_app.strategies._training import MIN_IMAGES_FOR_VALIDATION, stratified_validation_split
 

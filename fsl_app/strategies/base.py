@@ -10,10 +10,12 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import threading
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -47,6 +49,29 @@ class StepLog:
 
 
 OnStep = Callable[[StepLog], None] | None
+
+_INTERRUPT = threading.local()
+
+
+@contextmanager
+def interrupt_check(check: Callable[[], None]) -> Iterator[None]:
+    """Inside this block, in this thread, training loops call ``check`` between batches: it raises to stop them.
+
+    ``on_step`` is a cancellation point too, but it comes once an epoch; this makes Cancel answer within one batch.
+    """
+    previous = getattr(_INTERRUPT, "check", None)
+    _INTERRUPT.check = check
+    try:
+        yield
+    finally:
+        _INTERRUPT.check = previous
+
+
+def check_interrupt() -> None:
+    """Call the check installed by :func:`interrupt_check` for this thread, if any (it may raise)."""
+    check = getattr(_INTERRUPT, "check", None)
+    if check is not None:
+        check()
 
 
 class ImageClassifier(nn.Module):

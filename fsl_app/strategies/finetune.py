@@ -30,7 +30,7 @@ from ._heads import binary_to_two_columns
 from ._registry import register_strategy
 from ._training import (AugmentedImages, freeze_batchnorm, l2sp_penalty, stratified_validation_split,
                         warmup_cosine)
-from .base import OnStep, StepLog, Strategy
+from .base import OnStep, StepLog, Strategy, check_interrupt
 
 MODES = ("head", "last_n", "full")
 HEAD_INITS = ("linear_probe", "random")
@@ -151,6 +151,7 @@ class FineTune(Strategy):
             freeze_batchnorm(model)
             losses, correct, seen = [], 0, 0
             for batch, labels in loader:
+                check_interrupt()
                 batch, labels = batch.to(device, non_blocking=True), labels.to(device)
                 if on_cuda:
                     batch = batch.contiguous(memory_format=torch.channels_last)
