@@ -51,7 +51,10 @@ def trainable_model(backbone, n_classes: int, mode: str, last_n: int = 2) -> nn.
         chosen = set()
     else:
         groups = group_parameters(model, model.group_matcher(coarse=True))
-        chosen = {name for key in sorted(groups)[-last_n:] for name in groups[key]}
+        classifier = model.default_cfg.get("classifier", "classifier")
+        prefix = (classifier[0] if isinstance(classifier, (list, tuple)) else classifier) + "."
+        body_groups = [names for key, names in sorted(groups.items()) if not all(n.startswith(prefix) for n in names)]
+        chosen = {name for names in body_groups[-last_n:] for name in names}  # the last N groups besides the head
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(id(parameter) in head or name in chosen)
     return model
@@ -126,15 +129,23 @@ def main() -> None:
     labels = support.label_indices().tolist()
     steps_per_epoch = -(-len(support) // args.batch_size)
     modes = ["full"] if args.quick else ["head", "last_n", "full"]
-    rounds = 1 if args.quick else 2
+    rounds = 1 if args.quick else 4
     epochs = 3 if args.quick else 4
     rows = []
     for mode in modes:
         product_steps, hand_steps, ratios, totals = [], [], [], []
-        for _ in range(rounds):
-            epoch_times, total = product_fit(backbone, support, mode, epochs, args.batch_size)
+        for number in range(rounds):
+            def product():
+                return product_fit(backbone, support, mode, epochs, args.batch_size)
+
+            def hand():
+                return hand_loop(backbone, pil_images, labels, mode, epochs, args.batch_size)
+
+            if number % 2:  # alternate which one runs first
+                hand_times, (epoch_times, total) = hand(), product()
+            else:
+                (epoch_times, total), hand_times = product(), hand()
             product_step = _report.median(epoch_times) / steps_per_epoch
-            hand_times = hand_loop(backbone, pil_images, labels, mode, epochs, args.batch_size)
             hand_step = _report.median(hand_times[1:]) / steps_per_epoch
             product_steps.append(product_step)
             hand_steps.append(hand_step)
