@@ -69,9 +69,9 @@ def add_images_section(project) -> None:
     with left:
         uploader(project, None, "Many files or a zip (a zip's folders become classes; loose files stay unlabeled)",
                  "pool")
-    with right:
-        st.text_input("New class", key="new-class", placeholder="e.g. healthy")
-        st.button("Add class", on_click=add_class, args=(project,), icon=":material/add:")
+    with right, st.form("new-class-form", border=False):  # the name and the click reach the server together
+        st.text_input("New class", key="new-class", placeholder="e.g. healthy (Enter adds it)")
+        st.form_submit_button("Add class", on_click=add_class, args=(project,), icon=":material/add:")
 
 
 def add_class(project) -> None:

@@ -139,9 +139,9 @@ def sample_files(folder: Path, label: str, count: int) -> list[str]:
 
 def add_class(page, name: str) -> None:
     page.locator(".st-key-new-class input").fill(name)
-    page.locator(".st-key-new-class input").press("Enter")
-    wait_idle(page)
     page.get_by_role("button", name="Add class").click()
+    # the same rerun empties the name box: typing the next name before it arrives would lose that name
+    page.get_by_text(f"Class '{name}' added").wait_for()
     wait_idle(page)
 
 
