@@ -137,7 +137,8 @@ def cmd_train(args) -> int:
     def on_step(step) -> None:
         if not args.json:
             val = f" val_acc={step.val_acc:.3f}" if step.val_acc is not None else ""
-            bar.write(f"epoch {step.epoch} loss={step.loss:.4f}{val}")
+            stage = "final fit" if bar.phase == "fit" else "evaluation split"
+            bar.write(f"{stage}: epoch {step.epoch} loss={step.loss:.4f}{val}")
 
     result = train_run(images, strategy, backbone, out, protocol=args.protocol, seed=args.seed, on_step=on_step,
                        on_progress=bar.update)
@@ -226,12 +227,21 @@ class _Progress:
         if phase != self.phase:
             self.close()
             self.phase = phase
+            if phase == "done":  # saving takes no time: no bar
+                return
             self.bar = tqdm(total=total, desc=phase, leave=False)
-        self.bar.n = done
-        self.bar.refresh()
+        if self.bar is not None:
+            self.bar.n = done
+            self.bar.refresh()
 
     def write(self, message: str) -> None:
-        if self.print_enabled:
+        if not self.print_enabled:
+            return
+        if self.bar is not None:
+            from tqdm.auto import tqdm
+
+            tqdm.write(message, file=sys.stderr)  # above the bar, which stays intact
+        else:
             print(message, file=sys.stderr)
 
     def close(self) -> None:
