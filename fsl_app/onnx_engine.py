@@ -149,7 +149,7 @@ class OnnxBackbone:
     With ``workers > 1`` (a single-threaded session, ``parallel="data"``) a batch is cut into slices of at most
     ``chunk_size`` images that ``workers`` threads run concurrently; :meth:`run` forwards one array in the calling
     thread. Small slices keep a run's activations in the core's cache: on 2 cores, slices of 1-4 images measured
-    up to 19% faster than slices of 16 in a quiet run and within noise (5%) of them in a busy one
+    19% faster than slices of 16 in one run and within noise (5%) of them in another
     (benchmarks/results/extraction.md, "Slice and batch sizes").
     """
 
