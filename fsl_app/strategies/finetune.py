@@ -4,10 +4,11 @@ Transfer learning as in Kornblith et al., "Do Better ImageNet Models Transfer Be
 "baseline" of Chen et al., "A Closer Look at Few-shot Classification" (ICLR 2019): train only the head, the last N
 layer groups, or the whole network. The new head starts as a linear probe fitted on the frozen features (LP-FT, Kumar
 et al., "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution", ICLR 2022): a randomly
-initialised head sends large, noisy gradients into the pretrained layers during the first epochs. AdamW with linear warm-up and cosine decay, label smoothing, train-time
-augmentation (albumentations), BatchNorm statistics frozen (few-shot batches are too small to estimate them), optional
-L2-SP (Li et al., ICML 2018) that pulls the weights toward their pretrained values, early stopping on a stratified
-validation split (only when every class has enough images to spare some), AMP on CUDA. The fitted model is itself the exported module.
+initialised head sends large, noisy gradients into the pretrained layers during the first epochs. AdamW with linear
+warm-up and cosine decay, label smoothing, train-time augmentation (albumentations), BatchNorm statistics frozen
+(few-shot batches are too small to estimate them), optional L2-SP (Li et al., ICML 2018) that pulls the weights toward
+their pretrained values, early stopping on a stratified validation split (only when every class has enough images to
+spare some), AMP on CUDA. The fitted model is itself the exported module.
 """
 
 from __future__ import annotations
@@ -237,7 +238,8 @@ class FineTune(Strategy):
         self.model_ = model.eval()
 
 
-def probe_weights(features: torch.Tensor, y: np.ndarray, n_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_weights(features: torch.Tensor, y: np.ndarray, n_classes: int,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Logistic regression on raw features (n, d) -> (weight (n_classes, d), bias (n_classes,)) acting on them.
 
     Fitted on centred features scaled to unit mean norm (what ``linear`` sees, less the per-image normalisation,
