@@ -101,6 +101,22 @@ def browser_page(server):
         browser.close()
 
 
+@pytest.fixture(autouse=True)
+def failure_evidence(request, server):
+    """On a failure, keep what the browser showed and the server log in test-artifacts/ (for flaky runs in CI)."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    page = request.node.funcargs.get("browser_page")
+    if report is None or not report.failed or page is None:
+        return
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+        (ARTIFACTS / "failure-page.txt").write_text(page.locator("body").inner_text(timeout=5000), encoding="utf-8")
+    except Exception as error:  # noqa: BLE001 - evidence is best effort; the test has failed already
+        print(f"no failure screenshot: {error}")
+
+
 def screenshot(page, name: str) -> None:
     """The whole page (the viewport grows to the app's height) in test-artifacts/, and docs/ on request."""
     height = page.evaluate("() => { const main = document.querySelector('[data-testid=\"stMain\"]');"
