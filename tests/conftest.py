@@ -60,3 +60,11 @@ def tiny_backbone():
     from fsl_app.backbones import load_backbone
 
     return load_backbone(TINY_BACKBONE, "random")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item (``item.rep_call``): the browser test saves evidence when it failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
