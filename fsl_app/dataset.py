@@ -11,7 +11,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -48,8 +48,8 @@ class ImageSet:
         if not root.is_dir():
             raise DataError(f"{root} is not a folder. Pass a folder with one sub-folder of images per class.")
         records = []
-        for path in sorted(_walk_files(root)):
-            if not path.is_file() or path.name.startswith("."):
+        for path in sorted(walk_files(root)):
+            if not path.is_file():
                 continue
             relative = path.relative_to(root)
             label = relative.parts[0] if len(relative.parts) > 1 else None
@@ -116,18 +116,27 @@ class ImageSet:
                             f"Add images to them or remove them.")
 
 
-def _walk_files(root: Path) -> Iterable[Path]:
-    """Every file under ``root``, following symlinked folders (as torchvision's ImageFolder does) but never
-    visiting a folder twice (symlink loops), and skipping hidden folders (``.git``, ``.ipynb_checkpoints``)."""
-    visited = set()
-    for directory, subdirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(directory)
+SYSTEM_FILE_NAMES = frozenset({"thumbs.db", "desktop.ini", "__macosx"})  # lower case
+
+
+def walk_files(root: str | Path) -> Iterator[Path]:
+    """Every file under ``root`` in a stable order, skipping hidden and system files and folders (``.git``,
+    ``__MACOSX``, ``Thumbs.db``). Symlinked folders are followed, as torchvision's ImageFolder does, but no folder
+    is visited twice (symlink loops)."""
+    visited: set[str] = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
         if real in visited:
-            subdirs[:] = []
+            subfolders[:] = []
             continue
         visited.add(real)
-        subdirs[:] = sorted(name for name in subdirs if not name.startswith("."))
-        yield from (Path(directory) / name for name in files)
+        subfolders[:] = sorted(name for name in subfolders if not is_hidden_or_system(name))
+        yield from (Path(folder) / name for name in sorted(files) if not is_hidden_or_system(name))
+
+
+def is_hidden_or_system(name: str) -> bool:
+    """A dot file or folder, or an operating system's by-product (never an image of the data set)."""
+    return name.startswith(".") or name.lower() in SYSTEM_FILE_NAMES
 
 
 def drop_unreadable(images: ImageSet) -> tuple[ImageSet, list[str]]:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +32,7 @@ from timm.data import create_transform
 from torch import nn
 from torchvision import transforms as tv_transforms
 
+from .atomic import open_atomic
 from .backbones import Backbone
 from .dataset import ImageSet
 from .images import load_image
@@ -166,12 +166,8 @@ class FeatureCache:
             self._memory[(namespace, sha)] = value
         if not self.enabled:
             return
-        path = self._path(namespace, sha)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(handle, "wb") as stream:
+        with open_atomic(self._path(namespace, sha), "wb", durable=False) as stream:  # a cache: rebuilt if lost
             np.save(stream, value, allow_pickle=False)
-        os.replace(temp, path)
 
     def clear_memory(self) -> None:
         with self._lock:
@@ -388,9 +384,3 @@ def images_to_batch(images: Sequence[Image.Image], data_config: dict) -> torch.T
     if preprocessor is not None and images and all(image.mode == "RGB" for image in images):
         return preprocessor(images)
     return torch.stack([transform(image) for image in images])
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model.eval()

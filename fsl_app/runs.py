@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,11 +22,12 @@ from typing import Callable
 import torch
 
 from . import __version__
+from .atomic import write_json_atomic
 from .backbones import Backbone, load_backbone
 from .dataset import ImageSet
 from .evaluation import EvaluationReport, evaluate
 from .features import describe_device, pick_device
-from .strategies import Strategy, StepLog, create_strategy
+from .strategies import Strategy, StepLog
 from .strategies.base import Strategy as StrategyBase
 
 PARTIAL_SUFFIX = ".partial"
@@ -44,16 +44,6 @@ class RunResult:
 def new_run_name(strategy_name: str) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{strategy_name}-{uuid.uuid4().hex[:6]}"
-
-
-def write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(data, stream, indent=2, ensure_ascii=False)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temp, path)
 
 
 def train_run(images: ImageSet, strategy: Strategy, backbone: Backbone, out_dir: str | Path, *,
@@ -172,7 +162,3 @@ def load_run(run_dir: str | Path) -> tuple[Strategy, Backbone]:
         raise ValueError(f"the backbone weights found now ({backbone.id}) differ from those the run was trained "
                          f"with ({spec['id']}). Reinstall the same weights or retrain the run.")
     return StrategyBase.load(run_dir, backbone), backbone
-
-
-def strategy_from_config(name: str, params: dict) -> Strategy:
-    return create_strategy(name, **params)

@@ -7,6 +7,7 @@ merge of a class can bring that class back.
 
 from __future__ import annotations
 
+import getpass
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,6 +33,16 @@ class UndoResult:
     batch_id: int
     action: str
     n_images: int
+
+
+def actor_name(actor: str | None) -> str:
+    """Who a label change is logged for: ``actor`` when given, else the user logged in here."""
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def now_iso() -> str:

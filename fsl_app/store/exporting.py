@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
+from ..atomic import open_atomic
 from .names import safe_file_name
 
 if TYPE_CHECKING:
@@ -35,18 +34,8 @@ def export_imagefolder_zip(project: "Project", destination: str | Path | BinaryI
 
 
 def _export_to_path(target: Path, images: list["StoredImage"]) -> ExportReport:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-export-", suffix=".zip")
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            report = _write_zip(temp, images)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return report
+    with open_atomic(target, "wb", suffix=".zip") as temp:
+        return _write_zip(temp, images)
 
 
 def _write_zip(buffer: BinaryIO | io.BytesIO, images: list["StoredImage"]) -> ExportReport:

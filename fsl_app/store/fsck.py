@@ -48,7 +48,7 @@ def check_project(project: "Project", *, remove_orphans: bool = True, verify_has
                   temp_age_s: float = TEMP_FILE_AGE_S) -> FsckReport:
     """Run every check; with ``remove_orphans`` delete files no row or run snapshot references."""
     objects = project.objects
-    with project._write() as conn:  # holds the write lock: no import can insert a row while files are swept
+    with project.write() as conn:  # holds the write lock: no import can insert a row while files are swept
         report = FsckReport(integrity=[row[0] for row in conn.execute("PRAGMA integrity_check")])
         report.foreign_key_problems = len(conn.execute("PRAGMA foreign_key_check").fetchall())
         rows = conn.execute("SELECT id, sha256, ext FROM images ORDER BY id").fetchall()

@@ -10,7 +10,6 @@ batches, each batch one transaction. A crash therefore leaves at worst object fi
 from __future__ import annotations
 
 import io
-import os
 import re
 import stat
 import zipfile
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
 
 from .. import images as image_io
+from ..dataset import is_hidden_or_system, walk_files
 from ..images import IMAGE_EXTENSIONS, ImageError, decode_image, is_image_name, sha256_bytes
 from . import _labels
 from .duplicates import perceptual_hash
@@ -33,7 +33,6 @@ BATCH_BYTES = 64 * 1024 * 1024
 MAX_ZIP_ENTRIES = 50_000
 MAX_ZIP_TOTAL_BYTES = 8 * 1024**3  # decompressed, whole archive
 _READ_CHUNK = 1024 * 1024
-_JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", "__macosx"})
 
 ProgressCallback = Callable[[int], None]
 
@@ -100,7 +99,7 @@ class _Importer:
     def __init__(self, project: "Project", *, actor: str | None, source: str,
                  on_progress: ProgressCallback | None = None):
         self.project = project
-        self.actor = project._actor(actor)
+        self.actor = _labels.actor_name(actor)
         self.source = source
         self.on_progress = on_progress
         self.report = ImportReport()
@@ -119,7 +118,7 @@ class _Importer:
                 self.on_progress(self.processed)
         self.flush()
         if self.uncounted_duplicates:
-            with self.project._write() as conn:
+            with self.project.write() as conn:
                 self._count_duplicates(conn)
         self._resolve_duplicates()
         return self.report
@@ -162,7 +161,7 @@ class _Importer:
                         width=image.width, height=image.height, phash=perceptual_hash(image))
 
     def _stored(self, sha256: str) -> bool:
-        with self.project._read() as conn:
+        with self.project.read() as conn:
             return conn.execute("SELECT 1 FROM images WHERE sha256 = ?", (sha256,)).fetchone() is not None
 
     def flush(self) -> None:
@@ -173,7 +172,7 @@ class _Importer:
         added, duplicates = [], []
         objects = self.project.objects
         objects.sync([objects.path(item.sha256, item.ext) for item in self.pending])  # durable before any row
-        with self.project._write() as conn:
+        with self.project.write() as conn:
             for item in self.pending:
                 if conn.execute("SELECT 1 FROM images WHERE sha256 = ?", (item.sha256,)).fetchone():
                     duplicates.append((item.name, item.sha256))  # another process added it meanwhile
@@ -218,7 +217,7 @@ class _Importer:
     def _resolve_duplicates(self) -> None:
         if not self.duplicate_names:
             return
-        with self.project._read() as conn:
+        with self.project.read() as conn:
             for name, sha256 in self.duplicate_names:
                 row = conn.execute("SELECT i.id, c.name FROM images i LEFT JOIN classes c ON c.id = i.class_id "
                                    "WHERE i.sha256 = ?", (sha256,)).fetchone()
@@ -275,7 +274,7 @@ def import_folder(project: "Project", folder: str | Path, label: str | None = No
     """Import every image under ``folder`` (recursively, hidden files skipped), all labeled ``label`` or unlabeled."""
     root = _existing_folder(folder)
     label = validate_class_name(label) if label is not None else None
-    entries = (_file_entry(root, path, label) for path in _walk_files(root))
+    entries = (_file_entry(root, path, label) for path in walk_files(root))
     return _Importer(project, actor=actor, source=f"folder {root.name}", on_progress=on_progress).run(entries)
 
 
@@ -283,7 +282,7 @@ def import_imagefolder(project: "Project", folder: str | Path, *, actor: str | N
                        on_progress: ProgressCallback | None = None) -> ImportReport:
     """Import the ImageFolder layout: each sub-folder of ``folder`` is a class, loose files are unlabeled."""
     root = _existing_folder(folder)
-    entries = (_file_entry(root, path, _folder_label(path.relative_to(root).parts)) for path in _walk_files(root))
+    entries = (_file_entry(root, path, _folder_label(path.relative_to(root).parts)) for path in walk_files(root))
     return _Importer(project, actor=actor, source=f"folder {root.name}", on_progress=on_progress).run(entries)
 
 
@@ -292,26 +291,6 @@ def _existing_folder(folder: str | Path) -> Path:
     if not root.is_dir():
         raise StoreError(f"{root} is not a folder. Pass a folder of images (sub-folders become classes).")
     return root
-
-
-def _walk_files(root: Path) -> Iterator[Path]:
-    """Files under ``root`` in a stable order, skipping hidden and system files. Symlinked folders are followed
-    (like :meth:`ImageSet.from_folder` and torchvision's ImageFolder) but no folder is visited twice (loops)."""
-    visited: set[str] = set()
-    for folder, subfolders, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in visited:
-            subfolders[:] = []
-            continue
-        visited.add(real)
-        subfolders[:] = sorted(d for d in subfolders if not _is_junk(d))
-        for name in sorted(files):
-            if not _is_junk(name):
-                yield Path(folder) / name
-
-
-def _is_junk(name: str) -> bool:
-    return name.startswith(".") or name.lower() in _JUNK_NAMES
 
 
 def _folder_label(parts: tuple[str, ...] | list[str]) -> str | None:
@@ -390,7 +369,7 @@ def _zip_entries(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], importe
             importer.reject(info.filename, problem)
             continue
         parts = _entry_parts(info.filename)
-        if any(_is_junk(part) for part in parts):
+        if any(is_hidden_or_system(part) for part in parts):
             continue
         safe.append((info, parts))
     strip_top = _has_single_top_folder([parts for _, parts in safe])

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
+from ..atomic import TEMP_PREFIX, fsync_path, write_bytes_atomic
 from ..images import load_image, sha256_file, thumbnail
 
 THUMBNAIL_SIZE = 160
-TEMP_PREFIX = ".tmp-"
 
 
 class ObjectStore:
@@ -42,20 +41,20 @@ class ObjectStore:
         target = self.path(sha256, ext)
         if target.is_file() and sha256_file(target) == sha256:
             return target
-        atomic_write_bytes(target, data, durable=durable)
+        write_bytes_atomic(target, data, durable=durable)
         return target
 
     def ensure(self, sha256: str, ext: str, data: bytes) -> Path:
         """Re-write the file durably if it vanished (e.g. swept by a concurrent fsck) since :meth:`write`."""
         target = self.path(sha256, ext)
         if not target.is_file():
-            atomic_write_bytes(target, data, durable=True)
+            write_bytes_atomic(target, data, durable=True)
         return target
 
     @staticmethod
     def sync(paths: list[Path]) -> None:
-        """fsync many files and their folders at once; parallel calls let the file system group its journal
-        commits (measured ~15x faster than one fsync after another)."""
+        """fsync many files and their folders at once: parallel calls let the file system group its journal
+        commits."""
         targets = list(dict.fromkeys([*paths, *(path.parent for path in paths)]))
         if targets:
             with ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
@@ -112,7 +111,7 @@ class ObjectStore:
             small = thumbnail(load_image(self.path(sha256, ext)), size)
             buffer = io.BytesIO()
             small.save(buffer, format="JPEG", quality=85)
-            atomic_write_bytes(target, buffer.getvalue(), durable=False)
+            write_bytes_atomic(target, buffer.getvalue(), durable=False)
         return target
 
     def iter_thumbnails(self) -> Iterator[Path]:
@@ -133,55 +132,6 @@ class ObjectStore:
 def split_object_name(file_name: str) -> tuple[str, str]:
     """'<64 hex digits><ext>' -> (sha256, ext)."""
     return file_name[:64], file_name[64:]
-
-
-def atomic_write_bytes(target: Path, data: bytes, *, durable: bool = True, attempts: int = 3) -> None:
-    """Write via a temp file in the same folder + fsync + ``os.replace``: the target is complete or absent.
-
-    Retried when a concurrent clean-up removed the temp file (or the shard folder) between write and rename.
-    """
-    for attempt in range(attempts):
-        try:
-            return _write_and_rename(target, data, durable=durable)
-        except FileNotFoundError:
-            if attempt == attempts - 1:
-                raise
-
-
-def _write_and_rename(target: Path, data: bytes, *, durable: bool) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            temp.write(data)
-            temp.flush()
-            if durable:
-                os.fsync(temp.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    if durable:
-        fsync_directory(target.parent)
-
-
-def fsync_directory(folder: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened (Windows)."""
-    fsync_path(folder)
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's or folder's data to disk; folders are skipped where they cannot be opened (Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _mtime(path: Path) -> float:

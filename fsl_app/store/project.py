@@ -8,7 +8,6 @@ change is a single transaction, logged in ``label_events`` so the last change ca
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
 import sqlite3
 import threading
@@ -88,7 +87,7 @@ class Project:
         put such files back (cheap: that folder is normally empty)."""
         if not any(self.objects.deleted_dir.glob("*")):
             return
-        with self._write() as conn:
+        with self.write() as conn:
             referenced = {sha + ext for sha, ext in conn.execute(
                 "SELECT sha256, ext FROM images UNION SELECT sha256, ext FROM run_images")}
             self.objects.recover_tombstones(referenced)
@@ -101,12 +100,14 @@ class Project:
         return self._conn
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``, retried while another process writes) under the lock."""
         with self._lock, write_transaction(self._connection()) as conn:
             yield conn
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """One consistent read transaction under the lock."""
         with self._lock, read_transaction(self._connection()) as conn:
             yield conn
 
@@ -130,33 +131,33 @@ class Project:
     @property
     def name(self) -> str:
         """Display name (read from the database, so a rename by another process shows up)."""
-        with self._read() as conn:
+        with self.read() as conn:
             return conn.execute("SELECT value FROM meta WHERE key = 'name'").fetchone()[0]
 
     # -- classes --------------------------------------------------------------------------------------------------
 
     def classes(self) -> list[str]:
         """Class names, sorted ignoring case."""
-        with self._read() as conn:
+        with self.read() as conn:
             return [row[0] for row in conn.execute("SELECT name FROM classes ORDER BY name_key, id")]
 
     def class_counts(self) -> dict[str, int]:
         """Images per class, including empty classes."""
-        with self._read() as conn:
+        with self.read() as conn:
             rows = conn.execute("SELECT c.name, COUNT(i.id) FROM classes c LEFT JOIN images i ON i.class_id = c.id "
                                 "GROUP BY c.id ORDER BY c.name_key, c.id")
             return {name: count for name, count in rows}
 
     def add_class(self, name: str) -> str:
         """Create an empty class and return its normalised name."""
-        with self._write() as conn:
+        with self.write() as conn:
             class_id = _labels.insert_class(conn, name)
             return conn.execute("SELECT name FROM classes WHERE id = ?", (class_id,)).fetchone()[0]
 
     def rename_class(self, old_name: str, new_name: str) -> str:
         """Rename a class (labels follow, since images point at the class id). Returns the new name."""
         new_name = validate_class_name(new_name)
-        with self._write() as conn:
+        with self.write() as conn:
             old = _labels.require_class(conn, old_name)
             clash = _labels.find_class(conn, new_name)
             if clash is not None and clash["id"] != old["id"]:
@@ -169,24 +170,24 @@ class Project:
     def merge_classes(self, sources: str | Sequence[str], into: str, *, actor: str | None = None) -> int:
         """Move every image of ``sources`` into the existing class ``into`` and delete the sources (undoable)."""
         sources = [sources] if isinstance(sources, str) else list(sources)
-        with self._write() as conn:
+        with self.write() as conn:
             target = _labels.require_class(conn, into)
             source_rows = [_labels.require_class(conn, name) for name in sources]
             source_ids = sorted({row["id"] for row in source_rows} - {target["id"]})
             states = self._states_of_classes(conn, source_ids)
             names = ", ".join(repr(row["name"]) for row in source_rows if row["id"] in source_ids)
             moved, _ = _labels.relabel(conn, states, target["id"], action=f"merge {names} into {target['name']!r}",
-                                       actor=self._actor(actor))
+                                       actor=_labels.actor_name(actor))
             conn.executemany("DELETE FROM classes WHERE id = ?", [(class_id,) for class_id in source_ids])
         return moved
 
     def delete_class(self, name: str, *, actor: str | None = None) -> int:
         """Delete a class; its images become unlabeled (never deleted). Returns how many were unlabeled; undoable."""
-        with self._write() as conn:
+        with self.write() as conn:
             row = _labels.require_class(conn, name)
             states = self._states_of_classes(conn, [row["id"]])
             unlabeled, _ = _labels.relabel(conn, states, None, action=f"delete class {row['name']!r}",
-                                           actor=self._actor(actor))
+                                           actor=_labels.actor_name(actor))
             conn.execute("DELETE FROM classes WHERE id = ?", (row["id"],))
         return unlabeled
 
@@ -210,37 +211,28 @@ class Project:
         ids = list(dict.fromkeys(int(image_id) for image_id in image_ids))
         if not ids:
             return 0
-        with self._write() as conn:
+        with self.write() as conn:
             states = _labels.current_labels(conn, ids)
             class_id = None
             if class_name is not None:
                 class_id = _labels.class_id_for(conn, class_name, create=create_missing_class)
             target = "unlabeled" if class_name is None else repr(validate_class_name(class_name))
             changed, _ = _labels.relabel(conn, states, class_id, action=f"set {len(ids)} image(s) to {target}",
-                                         actor=self._actor(actor))
+                                         actor=_labels.actor_name(actor))
         return changed
 
     def undo_last_label_change(self) -> UndoResult | None:
         """Revert the most recent label batch not yet undone; repeated calls go further back. None: nothing to undo."""
-        with self._write() as conn:
+        with self.write() as conn:
             return _labels.undo_last_batch(conn)
 
     def label_history(self, limit: int = 50) -> list[LabelBatch]:
         """Most recent label batches first."""
-        with self._read() as conn:
+        with self.read() as conn:
             rows = conn.execute(
                 "SELECT b.id, b.at, b.actor, b.action, COUNT(e.id), b.undone_at FROM label_batches b "
                 "LEFT JOIN label_events e ON e.batch_id = b.id GROUP BY b.id ORDER BY b.id DESC LIMIT ?", (limit,))
             return [LabelBatch(*row) for row in rows]
-
-    @staticmethod
-    def _actor(actor: str | None) -> str:
-        if actor:
-            return actor
-        try:
-            return getpass.getuser()
-        except (KeyError, OSError):
-            return "unknown"
 
     # -- images ---------------------------------------------------------------------------------------------------
 
@@ -253,13 +245,13 @@ class Project:
             conditions.append("c.name_key = ?")
             params.append(name_key(class_name))
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        with self._read() as conn:
+        with self.read() as conn:
             rows = conn.execute(f"SELECT {_IMAGE_COLUMNS} FROM images i LEFT JOIN classes c ON c.id = i.class_id "
                                 f"{where} ORDER BY i.id", params).fetchall()
         return [self._stored_image(row) for row in rows]
 
     def get_image(self, image_id: int) -> StoredImage:
-        with self._read() as conn:
+        with self.read() as conn:
             row = conn.execute(f"SELECT {_IMAGE_COLUMNS} FROM images i LEFT JOIN classes c ON c.id = i.class_id "
                                "WHERE i.id = ?", (int(image_id),)).fetchone()
         if row is None:
@@ -267,7 +259,7 @@ class Project:
         return self._stored_image(row)
 
     def find_by_sha256(self, sha256: str) -> StoredImage | None:
-        with self._read() as conn:
+        with self.read() as conn:
             row = conn.execute(f"SELECT {_IMAGE_COLUMNS} FROM images i LEFT JOIN classes c ON c.id = i.class_id "
                                "WHERE i.sha256 = ?", (sha256,)).fetchone()
         return None if row is None else self._stored_image(row)
@@ -299,7 +291,7 @@ class Project:
         if not ids:
             return 0
         tombstones = []
-        with self._write() as conn:
+        with self.write() as conn:
             _labels.current_labels(conn, ids)  # raises, changing nothing, if any id is unknown
             rows = []
             for part in chunks(ids):
@@ -322,7 +314,7 @@ class Project:
 
     def near_duplicates(self, max_distance: int = NEAR_DUPLICATE_MAX_DISTANCE) -> list[tuple[int, int, int]]:
         """Pairs ``(image_id_a, image_id_b, phash hamming distance)`` with distance <= ``max_distance``."""
-        with self._read() as conn:
+        with self.read() as conn:
             rows = conn.execute("SELECT id, phash FROM images WHERE phash IS NOT NULL ORDER BY id").fetchall()
         return near_duplicate_pairs([row[0] for row in rows], [row[1] for row in rows], max_distance)
 

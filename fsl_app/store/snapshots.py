@@ -56,7 +56,7 @@ def record_run(project: "Project", run_dir: str | Path, config: dict[str, Any],
     currently labeled in the project, read in the same transaction as the insert.
     """
     config_json = json.dumps(config, sort_keys=True, default=str)
-    with project._write() as conn:
+    with project.write() as conn:
         rows = _rows_for(conn, images)
         cursor = conn.execute("INSERT INTO runs (run_dir, created_at, config) VALUES (?, ?, ?)",
                               (str(run_dir), _labels.now_iso(), config_json))
@@ -85,7 +85,7 @@ def _rows_for(conn, images: ImageSet | None) -> list[tuple[int, str, str, str | 
 
 
 def run_snapshot(project: "Project", run_id: int) -> RunSnapshot:
-    with project._read() as conn:
+    with project.read() as conn:
         run = conn.execute("SELECT id, run_dir, created_at, config FROM runs WHERE id = ?", (int(run_id),)).fetchone()
         if run is None:
             known = [row[0] for row in conn.execute("SELECT id FROM runs ORDER BY id")]
@@ -97,7 +97,7 @@ def run_snapshot(project: "Project", run_id: int) -> RunSnapshot:
 
 
 def list_runs(project: "Project") -> list[RunInfo]:
-    with project._read() as conn:
+    with project.read() as conn:
         rows = conn.execute("SELECT r.id, r.run_dir, r.created_at, COUNT(ri.image_id) FROM runs r "
                             "LEFT JOIN run_images ri ON ri.run_id = r.id GROUP BY r.id ORDER BY r.id").fetchall()
     return [RunInfo(*row) for row in rows]

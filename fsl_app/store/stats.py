@@ -34,7 +34,7 @@ class ProjectStats:
 def project_stats(project: "Project", max_distance: int = NEAR_DUPLICATE_MAX_DISTANCE) -> ProjectStats:
     images = project.images()
     counts = project.class_counts()
-    with project._read() as conn:
+    with project.read() as conn:
         skipped = int(conn.execute("SELECT value FROM meta WHERE key = 'duplicates_skipped'").fetchone()[0])
     pairs = project.near_duplicates(max_distance)
     label_of = {image.id: image.label for image in images}

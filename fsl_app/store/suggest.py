@@ -7,7 +7,6 @@ suggestion is an ordinary :meth:`Project.set_labels` call, so it is logged and u
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Sequence
 
@@ -86,8 +85,3 @@ def _probabilities(raw, n_images: int, n_classes: int) -> np.ndarray:
     if not np.allclose(sums, 1.0, atol=1e-3):
         raise ValueError("predict_proba rows do not sum to 1; return probabilities (e.g. softmax of the logits).")
     return proba / sums
-
-
-def max_entropy(n_classes: int) -> float:
-    """Entropy of the uniform distribution, to show entropy as a fraction of the maximum."""
-    return math.log(n_classes) if n_classes > 1 else 1.0
