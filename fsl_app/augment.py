@@ -1,19 +1,29 @@
-"""Train-time augmentation: albumentations presets, (de)serialization with albumentations' own dict format, preview.
+"""Train-time augmentation: presets, a custom pipeline from sliders, the project's saved pipeline, seeded previews.
 
-A pipeline is stored as ``A.to_dict(compose)`` (JSON-safe) in the project and in each run's config, and rebuilt
-with :func:`build_augment`. It works on uint8 HWC arrays and is applied before the backbone's eval preprocessing.
+A pipeline is stored as ``A.to_dict(compose)`` (JSON-safe) in the project (``augment.json``) and in each run's
+config, and rebuilt with :func:`build_augment`. It works on uint8 HWC arrays and is applied before the backbone's
+eval preprocessing.
 """
 
 from __future__ import annotations
 
+import json
 import random
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Sequence
 
 import albumentations as A
 import numpy as np
 from PIL import Image
 
+from .atomic import write_json_atomic
+from .images import load_image, thumbnail
+
 PRESETS = ("none", "light", "medium", "strong")
+CUSTOM = "custom"
+AUGMENT_FILE = "augment.json"
+CROP_SIZE = (224, 224)
 
 
 def preset(name: str = "light") -> A.Compose:
@@ -70,3 +80,111 @@ def preview(pipeline: A.Compose, images: Sequence[Image.Image], copies: int = 4,
     """``copies`` augmented versions of each image, identical for the same seed: rows of the preview grid."""
     seed_pipeline(pipeline, seed)
     return [[apply(pipeline, image) for _ in range(copies)] for image in images]
+
+
+def preview_paths(paths: Sequence[Path], pipeline: dict, *, copies: int = 4, seed: int = 0,
+                  max_side: int = 256) -> list[list[Image.Image]]:
+    """Rows of ``copies`` augmented thumbnails per image file; the same seed gives the same grid."""
+    sources = [thumbnail(load_image(path), max_side) for path in paths]
+    return preview(build_augment(pipeline), sources, copies=copies, seed=seed)
+
+
+# --- a custom pipeline from sliders ---------------------------------------------------------------------------------
+
+@dataclass
+class AugmentSettings:
+    """The sliders of a custom pipeline; a probability of 0 (or a neutral value) leaves a transform out."""
+
+    horizontal_flip: float = 0.5
+    vertical_flip: float = 0.0
+    rotate_degrees: int = 15
+    crop_min_scale: float = 1.0  # random resized crop keeps at least this share of the image; 1.0: no crop
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.1
+    hue: float = 0.0
+    color_jitter: float = 0.5  # probability
+    blur: float = 0.0
+    noise: float = 0.0
+    coarse_dropout: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "AugmentSettings":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+
+def custom_pipeline(settings: AugmentSettings) -> A.Compose:
+    """An albumentations Compose from the sliders (transforms with probability 0 are left out)."""
+    s = settings
+    transforms = []
+    if s.crop_min_scale < 1.0:
+        transforms.append(A.RandomResizedCrop(size=CROP_SIZE, scale=(s.crop_min_scale, 1.0), p=1.0))
+    if s.horizontal_flip > 0:
+        transforms.append(A.HorizontalFlip(p=s.horizontal_flip))
+    if s.vertical_flip > 0:
+        transforms.append(A.VerticalFlip(p=s.vertical_flip))
+    if s.rotate_degrees > 0:
+        transforms.append(A.Rotate(limit=s.rotate_degrees, p=0.7))
+    if s.color_jitter > 0 and max(s.brightness, s.contrast, s.saturation, s.hue) > 0:
+        transforms.append(A.ColorJitter(brightness=s.brightness, contrast=s.contrast, saturation=s.saturation,
+                                        hue=s.hue, p=s.color_jitter))
+    if s.blur > 0:
+        transforms.append(A.GaussianBlur(blur_limit=(3, 7), p=s.blur))
+    if s.noise > 0:
+        transforms.append(A.GaussNoise(std_range=(0.05, 0.15), p=s.noise))
+    if s.coarse_dropout > 0:
+        transforms.append(A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.2),
+                                          hole_width_range=(0.05, 0.2), p=s.coarse_dropout))
+    return A.Compose(transforms)
+
+
+def pipeline_dict(choice: str, settings: AugmentSettings | None = None) -> dict:
+    """albumentations' serialized dict for a preset name or ``custom`` (with its settings), as plain JSON data."""
+    compose = custom_pipeline(settings or AugmentSettings()) if choice == CUSTOM else preset(choice)
+    return json.loads(json.dumps(to_dict(compose)))
+
+
+def describe_pipeline(pipeline: dict) -> list[str]:
+    """One line per transform: 'HorizontalFlip (p=0.5)'."""
+    lines = []
+    for item in pipeline.get("transform", {}).get("transforms", []):
+        name = item.get("__class_fullname__", "?").rsplit(".", 1)[-1]
+        lines.append(f"{name} (p={item.get('p', 1.0):g})")
+    return lines
+
+
+# --- the pipeline saved with a project ------------------------------------------------------------------------------
+
+@dataclass
+class ProjectAugment:
+    """A project's choice: a preset name or ``custom`` with its sliders, and the pipeline dict it resolves to."""
+
+    choice: str = "light"
+    settings: AugmentSettings = field(default_factory=AugmentSettings)
+    pipeline: dict | None = None
+
+    def resolved_pipeline(self) -> dict:
+        return self.pipeline if self.pipeline is not None else pipeline_dict(self.choice, self.settings)
+
+
+def load_project_augment(project_dir: str | Path) -> ProjectAugment:
+    """The pipeline saved in a project folder (``augment.json``), else the ``light`` preset."""
+    path = Path(project_dir) / AUGMENT_FILE
+    if not path.is_file():
+        return ProjectAugment()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return ProjectAugment(data.get("choice", "light"), AugmentSettings.from_dict(data.get("settings")),
+                              data.get("pipeline"))
+    except (OSError, ValueError, TypeError):
+        return ProjectAugment()
+
+
+def save_project_augment(project_dir: str | Path, choice: str, settings: AugmentSettings) -> dict:
+    """Save the pipeline in a project folder; returns the albumentations dict fine-tuning will use."""
+    pipeline = pipeline_dict(choice, settings)
+    build_augment(pipeline)  # refuse to save what cannot be rebuilt
+    write_json_atomic(Path(project_dir) / AUGMENT_FILE,
+                      {"choice": choice, "settings": asdict(settings), "pipeline": pipeline})
+    return pipeline

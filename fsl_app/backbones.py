@@ -334,6 +334,48 @@ def list_backbones(*, with_size: bool = False) -> list[BackboneInfo]:
     return [describe_backbone(name, with_size=with_size) for name in SUGGESTED_BACKBONES]
 
 
+TEST_BACKBONES_ENV = "FSL_APP_TEST_BACKBONES"  # set (not 0): pickers offer timm's tiny random test models first
+TEST_BACKBONES = ("test_efficientnet", "test_vit")
+
+
+def offering_test_backbones() -> bool:
+    return os.environ.get(TEST_BACKBONES_ENV, "0") not in ("", "0", "false", "False")
+
+
+def offered_backbones() -> list[str]:
+    """Names for a backbone picker: the suggested ones, after the tiny test models when FSL_APP_TEST_BACKBONES is set."""
+    return (list(TEST_BACKBONES) if offering_test_backbones() else []) + list(SUGGESTED_BACKBONES)
+
+
+@dataclass(frozen=True)
+class BackboneSummary:
+    """What a picker shows about a backbone name; ``error`` says why it cannot be used here."""
+
+    name: str
+    availability: str
+    default_weights: str
+    params_m: float | None
+    input_size: tuple[int, int, int] | None
+    error: str | None = None
+
+    @property
+    def needs_download(self) -> bool:
+        return self.availability.startswith("download") or self.availability.startswith("needs")
+
+
+def backbone_summary(name: str) -> BackboneSummary:
+    """Availability, size and input resolution of a backbone, decided from local files only; never raises."""
+    try:
+        info = describe_backbone(name, with_size=True)
+    except Exception as error:  # noqa: BLE001 - timm raises RuntimeError for unknown names
+        message = (f"{name!r} is not a timm model name. Pick one from the list or check the spelling (names as in "
+                   "timm.list_models()).") if "unknown model" in str(error).lower() else \
+            f"{name} cannot be built here ({type(error).__name__}: {error}). Pick another backbone."
+        return BackboneSummary(name, "unknown", "random", None, None, message)
+    default = "random" if name in TEST_BACKBONES else info.default_weights
+    return BackboneSummary(name, info.availability, default, info.num_params_m, info.input_size)
+
+
 def _jsonable(value):
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}

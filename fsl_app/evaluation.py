@@ -21,7 +21,13 @@ from .dataset import DataError, ImageSet
 from .features import get_extractor
 from .strategies.base import OnStep, Strategy
 
-PROTOCOLS = ("auto", "loo", "kfold", "holdout")
+PROTOCOL_LABELS = {  # every protocol of evaluate(), with what it does in words (for pickers)
+    "auto": "auto (leave-one-out for few images, else 5-fold; hold-out for fine-tuning)",
+    "loo": "leave-one-out (every image tested once)",
+    "kfold": "stratified k-fold (5 folds)",
+    "holdout": "hold-out (25 % of each class)",
+}
+PROTOCOLS = tuple(PROTOCOL_LABELS)
 Progress = Callable[[int, int], None] | None
 
 

@@ -130,3 +130,45 @@ def test_preview_of_a_rebuilt_pipeline_matches_the_original(photo):
     rebuilt = build_augment(to_dict(original))
     for a, b in zip(preview(original, [photo], copies=4, seed=7)[0], preview(rebuilt, [photo], copies=4, seed=7)[0]):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+# --- the custom pipeline and the project's saved pipeline (the Augment page) ----------------------------------------
+
+def test_custom_pipeline_leaves_out_disabled_transforms_and_round_trips():
+    from fsl_app.augment import AugmentSettings, describe_pipeline, pipeline_dict
+
+    settings = AugmentSettings(horizontal_flip=0.0, rotate_degrees=30, crop_min_scale=0.6, blur=0.3, noise=0.2,
+                               coarse_dropout=0.1, color_jitter=0.0)
+    pipeline = pipeline_dict("custom", settings)
+    names = [line.split(" ")[0] for line in describe_pipeline(pipeline)]
+    assert names == ["RandomResizedCrop", "Rotate", "GaussianBlur", "GaussNoise", "CoarseDropout"]
+    assert json.loads(json.dumps(pipeline)) == pipeline  # plain JSON data
+    assert json.loads(json.dumps(to_dict(build_augment(pipeline)))) == pipeline  # rebuilt as it was saved
+
+
+def test_project_augment_is_saved_in_the_project_folder_and_previews_are_seeded(tmp_path):
+    from fsl_app.augment import (AUGMENT_FILE, AugmentSettings, load_project_augment, preview_paths,
+                                 save_project_augment)
+
+    assert load_project_augment(tmp_path).choice == "light"
+    settings = AugmentSettings(rotate_degrees=45, noise=0.5)
+    pipeline = save_project_augment(tmp_path, "custom", settings)
+    saved = json.loads((tmp_path / AUGMENT_FILE).read_text())
+    assert saved["pipeline"] == pipeline and saved["choice"] == "custom"
+    loaded = load_project_augment(tmp_path)
+    assert loaded.settings == settings and loaded.resolved_pipeline() == pipeline
+    paths = []
+    for index, image in enumerate((data.astronaut(), data.coffee())):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(image).save(paths[-1])
+    first = preview_paths(paths, pipeline, copies=3, seed=4)
+    second = preview_paths(paths, pipeline, copies=3, seed=4)
+    assert len(first) == 2 and len(first[0]) == 3
+    assert [np.asarray(im).tolist() for im in first[0]] == [np.asarray(im).tolist() for im in second[0]]
+
+
+def test_a_damaged_augment_file_falls_back_to_the_light_preset(tmp_path):
+    from fsl_app.augment import AUGMENT_FILE, load_project_augment
+
+    (tmp_path / AUGMENT_FILE).write_text("{not json")
+    assert load_project_augment(tmp_path).choice == "light"

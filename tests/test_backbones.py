@@ -365,3 +365,24 @@ def test_packaged_default_weights_are_real_imagenet_weights(no_network):
 def test_describe_default_backbone_is_offline():
     info = describe_backbone(DEFAULT_BACKBONE)
     assert info.availability == "offline package" and info.default_weights == "package"
+
+
+# --- the catalogue for pickers --------------------------------------------------------------------------------------
+
+def test_tiny_test_backbones_are_offered_only_in_test_mode(monkeypatch):
+    from fsl_app.backbones import TEST_BACKBONES_ENV, offered_backbones
+
+    monkeypatch.delenv(TEST_BACKBONES_ENV, raising=False)
+    assert "test_efficientnet" not in offered_backbones() and offered_backbones()[0] == "tf_efficientnet_lite0"
+    monkeypatch.setenv(TEST_BACKBONES_ENV, "1")
+    assert offered_backbones()[0] == "test_efficientnet"
+
+
+def test_backbone_summary_reports_size_and_unknown_names():
+    from fsl_app.backbones import backbone_summary
+
+    summary = backbone_summary("test_efficientnet")
+    assert summary.error is None and summary.default_weights == "random"
+    assert summary.params_m > 0 and summary.input_size[0] == 3
+    unknown = backbone_summary("no_such_net_42")
+    assert unknown.error and "not a timm model name" in unknown.error

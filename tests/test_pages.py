@@ -15,16 +15,18 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from fsl_app import jobs, sample_data, studio
+from fsl_app import augment, jobs, run_tables, sample_data, training_job
+from fsl_app.backbones import TEST_BACKBONES_ENV
 from fsl_app.store import create_project, open_project
 
-APP = Path(__file__).resolve().parents[1] / "app.py"
+APP = Path(__file__).resolve().parents[1] / "fsl_app" / "app.py"
+LAUNCHER = Path(__file__).resolve().parents[1] / "app.py"
 TIMEOUT = 60
 
 
 @pytest.fixture(autouse=True)
 def tiny_backbones(monkeypatch):
-    monkeypatch.setenv(studio.TEST_BACKBONES_ENV, "1")
+    monkeypatch.setenv(TEST_BACKBONES_ENV, "1")
 
 
 def new_project(prefix: str = "pages", *, per_class: int = 4, unlabeled: int = 1) -> str:
@@ -40,13 +42,13 @@ def trained_project() -> str:
     """A project with one finished linear run (trained without the UI, to test the pages that show runs)."""
     import os
 
-    os.environ[studio.TEST_BACKBONES_ENV] = "1"
+    os.environ[TEST_BACKBONES_ENV] = "1"
     name = new_project("trained")
     project = open_project(name)
     queue = jobs.JobQueue()
-    request = studio.TrainRequest(str(project.path), "test_efficientnet", "random", "linear",
-                                  studio.default_params("linear", seed=0, project_augment=None))
-    view = queue.wait(studio.submit_training(queue, request, owner=name), timeout=120)
+    request = training_job.TrainRequest(str(project.path), "test_efficientnet", "random", "linear",
+                                        training_job.default_params("linear", seed=0, project_augment=None))
+    view = queue.wait(training_job.submit_training(queue, request, owner=name), timeout=120)
     queue.shutdown()
     assert view.status == jobs.DONE, view.error
     return name
@@ -98,6 +100,28 @@ def test_home_offers_sample_data_and_creates_a_project():
     assert any(subheader.value == f"Project: {name}" for subheader in at.subheader)
 
 
+def test_the_source_checkout_launcher_runs_the_same_app():
+    name = new_project("launcher", per_class=1, unlabeled=0)
+    at = AppTest.from_file(str(LAUNCHER), default_timeout=TIMEOUT)
+    at.session_state["project"] = name
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value.startswith("Few-shot image classification studio")
+    at.switch_page("fsl_app/views/augment.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == f"Augment · {name}"
+
+
+def test_page_urls_stay_the_file_names_of_the_views():
+    from fsl_app.views import _nav
+
+    assert [view.file for view in _nav.VIEWS] == ["home.py", "data.py", "augment.py", "train.py", "compare.py",
+                                                  "export.py"]  # URLs /, /data, /augment ... (bookmarks, e2e)
+    assert all((_nav.VIEWS_DIR / view.file).is_file() for view in _nav.VIEWS)
+    assert [view.title for view in _nav.VIEWS if view.tour] == ["Data", "Augment", "Train", "Compare",
+                                                                "Export & try"]
+
+
 def test_sample_button_loads_the_sample_and_trains_a_first_model():
     at = open_page(None)
     at.button(key="sample-button").click().run()
@@ -111,7 +135,7 @@ def test_sample_button_loads_the_sample_and_trains_a_first_model():
 
 def test_data_page_imports_uploads_and_edits_labels_in_bulk():
     name = new_project("data", per_class=2, unlabeled=1)
-    at = open_page("pages/data.py", name)
+    at = open_page("views/data.py", name)
     assert at.title[0].value == f"Data · {name}"
     assert len(at.file_uploader) == 4  # one per class and the pool
     assert any("unlabeled" in warning.value for warning in at.warning)
@@ -141,7 +165,7 @@ def test_data_page_accepts_a_zip_and_shows_suggestions(trained_project):
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("seven/zip-one.png", png()[1])
         archive.writestr("readme.txt", b"not an image")
-    at = open_page("pages/data.py", trained_project)
+    at = open_page("views/data.py", trained_project)
     pool = next(u for u in at.file_uploader if "zip" in u.label)
     pool.set_value(("more.zip", buffer.getvalue(), "application/zip")).run()
     assert not at.exception
@@ -160,7 +184,7 @@ def test_data_page_accepts_a_zip_and_shows_suggestions(trained_project):
 
 def test_augment_page_previews_and_saves_a_custom_pipeline():
     name = new_project("augment", per_class=2, unlabeled=0)
-    at = open_page("pages/augment.py", name)
+    at = open_page("views/augment.py", name)
     assert at.selectbox(key="aug-choice").value == "light"
     assert len(at.image) == 3 * (1 + 5)  # 3 images: the original and 5 copies each
     at.selectbox(key="aug-choice").select("custom").run()
@@ -168,7 +192,7 @@ def test_augment_page_previews_and_saves_a_custom_pipeline():
     at.slider(key="aug-blur").set_value(0.5).run()
     next(b for b in at.button if b.label == "Save with the project").click().run()
     assert not at.exception
-    saved = studio.load_project_augment(open_project(name))
+    saved = augment.load_project_augment(open_project(name).path)
     assert saved.choice == "custom" and saved.settings.rotate_degrees == 90 and saved.settings.blur == 0.5
 
 
@@ -176,7 +200,7 @@ def test_augment_page_previews_and_saves_a_custom_pipeline():
 
 def test_train_page_trains_the_tiny_backbone_and_shows_the_accuracy():
     name = new_project("train")
-    at = open_page("pages/train.py", name)
+    at = open_page("views/train.py", name)
     assert at.selectbox(key="train-backbone").value == "test_efficientnet"
     assert at.radio(key="train-weights").value == "random"
     assert any("Random weights" in warning.value for warning in at.warning)
@@ -187,12 +211,12 @@ def test_train_page_trains_the_tiny_backbone_and_shows_the_accuracy():
     run_until(at, lambda at: any(metric.label.startswith("Accuracy") for metric in at.metric))
     accuracy = next(metric for metric in at.metric if metric.label.startswith("Accuracy"))
     assert accuracy.label == "Accuracy (loo)" and "%" in accuracy.value
-    assert len(studio.project_runs(open_project(name))) == 1
+    assert len(run_tables.project_runs(open_project(name).path)) == 1
 
 
 def test_train_page_cancels_a_running_fine_tuning():
     name = new_project("cancel", per_class=3, unlabeled=0)
-    at = open_page("pages/train.py", name)
+    at = open_page("views/train.py", name)
     at.selectbox(key="train-strategy").select("finetune").run()
     at.number_input(key="param-finetune-epochs").set_value(500).run()
     at.number_input(key="param-finetune-patience").set_value(1000).run()
@@ -202,12 +226,12 @@ def test_train_page_cancels_a_running_fine_tuning():
               and at.get("plotly_chart"))
     next(b for b in at.button if b.label == "Cancel").click().run()
     run_until(at, lambda at: any("Cancelled" in info.value for info in at.info))
-    assert studio.project_runs(open_project(name)) == []
+    assert run_tables.project_runs(open_project(name).path) == []
 
 
 def test_train_page_shows_a_failed_job_in_words():
     name = new_project("fail", per_class=2, unlabeled=0)
-    at = open_page("pages/train.py", name)
+    at = open_page("views/train.py", name)
     at.radio(key="train-weights").set_value("file").run()
     at.file_uploader(key="train-weights-file").set_value(("weights.pth", b"garbage", "application/octet-stream"))
     at.run()
@@ -219,12 +243,12 @@ def test_train_page_shows_a_failed_job_in_words():
 
 def test_a_new_session_reattaches_to_the_project_and_its_jobs(trained_project):
     name = new_project("reload", per_class=2, unlabeled=0)
-    first = open_page("pages/train.py", name)
+    first = open_page("views/train.py", name)
     first.button(key="train-button").click().run()
     reloaded = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     reloaded.query_params["project"] = name
     reloaded.run()
-    reloaded.switch_page("pages/train.py").run()
+    reloaded.switch_page("views/train.py").run()
     assert reloaded.title[0].value == f"Train · {name}"
     run_until(reloaded, lambda at: any(metric.label.startswith("Accuracy") for metric in at.metric))
 
@@ -232,7 +256,7 @@ def test_a_new_session_reattaches_to_the_project_and_its_jobs(trained_project):
 # --- Compare --------------------------------------------------------------------------------------------------------
 
 def test_compare_page_shows_the_table_charts_and_embedding_map(trained_project):
-    at = open_page("pages/compare.py", trained_project)
+    at = open_page("views/compare.py", trained_project)
     assert at.title[0].value == f"Compare · {trained_project}"
     table = at.dataframe[0].value
     assert list(table["strategy"]) == ["linear"] and "accuracy %" in table.columns
@@ -247,15 +271,13 @@ def test_compare_page_shows_the_table_charts_and_embedding_map(trained_project):
 # --- Export & try ---------------------------------------------------------------------------------------------------
 
 def test_export_page_predicts_an_uploaded_image_and_offers_downloads(trained_project):
-    at = open_page("pages/export.py", trained_project)
+    at = open_page("views/export.py", trained_project)
     assert at.title[0].value == f"Export & try · {trained_project}"
     assert any(button.label.startswith("Run folder (.zip)") for button in at.get("download_button"))
-    for format in studio.export_formats():
-        assert any(format in button.label.lower() for button in at.button)
-    if "onnx" in studio.export_formats():
-        next(button for button in at.button if button.label == "Prepare ONNX").click().run()
-        assert not at.error, [error.value for error in at.error]
-        assert any(button.label == "Download ONNX" for button in at.get("download_button"))
+    assert {button.label for button in at.button} >= {"Prepare ONNX", "Prepare TorchScript", "Prepare Bundle"}
+    next(button for button in at.button if button.label == "Prepare ONNX").click().run()
+    assert not at.error, [error.value for error in at.error]
+    assert any(button.label == "Download ONNX" for button in at.get("download_button"))
     at.file_uploader(key="try-image").set_value(png("query")).run()
     assert not at.exception and not at.error
     assert any(markdown.value.startswith("Prediction: **") for markdown in at.markdown)

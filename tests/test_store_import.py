@@ -143,6 +143,38 @@ def test_not_a_zip_is_refused_as_a_whole(project):
         project.import_zip(b"PK but not really a zip")
 
 
+# -- browser uploads: images and zips mixed --------------------------------------------------------------------------
+
+class Upload:
+    """What Streamlit's file_uploader hands over: a name and getvalue()."""
+
+    def __init__(self, name: str, data: bytes):
+        self.name, self._data = name, data
+
+    def getvalue(self) -> bytes:
+        return self._data
+
+
+def test_uploads_of_images_and_zips_give_one_report(project):
+    archive = make_zip([("cat/a.png", digit_png(1)), ("dog/b.png", digit_png(2)), ("notes.txt", b"hi")])
+    uploads = [Upload("x.png", digit_png(3)), Upload("photos.zip", archive), Upload("copy.png", digit_png(3)),
+               Upload("broken.zip", b"PK but not really a zip"), ("pair.png", digit_png(4))]
+    report = project.import_uploads(uploads)
+    assert sorted(image.name for image in report.added) == ["cat/a.png", "dog/b.png", "pair.png", "x.png"]
+    assert [(item.name, item.existing_label) for item in report.duplicates] == [("copy.png", None)]
+    assert {name for name, _ in report.rejected} == {"notes.txt", "broken.zip"}
+    assert "not a readable zip" in dict(report.rejected)["broken.zip"]
+    assert labels_by_name(project) == {"x.png": None, "pair.png": None, "cat/a.png": "cat", "dog/b.png": "dog"}
+
+
+def test_uploads_into_a_class_label_zips_too_and_a_bad_label_rejects_instead_of_raising(project):
+    archive = make_zip([("x/c.png", digit_png(2))])
+    report = project.import_uploads([Upload("a.png", digit_png(1)), Upload("b.zip", archive)], "cat")
+    assert len(report.added) == 2 and set(labels_by_name(project).values()) == {"cat"}
+    bad = project.import_uploads([Upload("d.png", digit_png(3))], "   ")
+    assert [name for name, _ in bad.rejected] == ["d.png"] and not bad.added
+
+
 def test_missing_zip_path_is_a_clear_error(project, tmp_path):
     with pytest.raises(StoreError, match="does not exist"):
         project.import_zip(tmp_path / "missing.zip")

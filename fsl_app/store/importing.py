@@ -65,6 +65,12 @@ class ImportReport:
     def added_ids(self) -> list[int]:
         return [image.image_id for image in self.added]
 
+    def extend(self, other: "ImportReport") -> None:
+        """Append another import's outcome to this report."""
+        self.added += other.added
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+
     def summary(self) -> str:
         return (f"{len(self.added)} added, {len(self.duplicates)} duplicate(s) skipped, "
                 f"{len(self.rejected)} rejected")
@@ -255,11 +261,8 @@ def import_files(project: "Project", files: Iterable, label: str | None = None, 
 
 
 def _upload_entry(item, label: str | None) -> _Entry:
-    if hasattr(item, "getvalue"):
-        name, data = str(item.name), item.getvalue()
-    else:
-        name, data = item
-    return _Entry(name=str(name), label=label, read=lambda: _capped_bytes(bytes(data)))
+    name, data = _upload_name_and_bytes(item)
+    return _Entry(name=name, label=label, read=lambda: _capped_bytes(data))
 
 
 def _capped_bytes(data: bytes) -> bytes:
@@ -331,6 +334,40 @@ def import_zip(project: "Project", source: str | Path | bytes | BinaryIO, label:
         infos = _checked_infos(archive, archive_name)
         importer = _Importer(project, actor=actor, source=f"zip {archive_name}", on_progress=on_progress)
         return importer.run(_zip_entries(archive, infos, importer, label, folders_as_classes))
+
+
+def import_uploads(project: "Project", uploads: Iterable, label: str | None = None, *,
+                   actor: str | None = None) -> ImportReport:
+    """Import browser uploads, images and zips mixed, into one report.
+
+    ``uploads``: objects with ``.name`` and ``.getvalue()``, or ``(name, bytes)`` pairs. ``label`` labels every
+    image; with None, loose images stay unlabeled and a zip's folders become classes. What would stop an import
+    (a zip refused as a whole, a ``label`` that is not a class name) is reported as rejected instead of raised.
+    """
+    entries = [_upload_name_and_bytes(upload) for upload in uploads]
+    images = [(name, data) for name, data in entries if not name.lower().endswith(".zip")]
+    zips = [(name, data) for name, data in entries if name.lower().endswith(".zip")]
+    report = ImportReport()
+    if images:
+        _import_or_reject(report, [name for name, _ in images],
+                          lambda: import_files(project, images, label, actor=actor))
+    for name, data in zips:
+        _import_or_reject(report, [name], lambda: import_zip(project, data, label, actor=actor))
+    return report
+
+
+def _import_or_reject(report: ImportReport, names: list[str], run: Callable[[], ImportReport]) -> None:
+    try:
+        report.extend(run())
+    except StoreError as error:
+        report.rejected += [(name, str(error)) for name in names]
+
+
+def _upload_name_and_bytes(upload) -> tuple[str, bytes]:
+    if hasattr(upload, "getvalue"):
+        return str(upload.name), upload.getvalue()
+    name, data = upload
+    return str(name), bytes(data)
 
 
 def _open_zip(source, archive_name: str) -> zipfile.ZipFile:

@@ -23,7 +23,7 @@ from .duplicates import NEAR_DUPLICATE_MAX_DISTANCE, near_duplicate_pairs
 from .errors import ClassExistsError, ImageNotFoundError, StoreError
 from .exporting import ExportReport, export_imagefolder_zip
 from .fsck import FsckReport, check_project
-from .importing import ImportReport, import_files, import_folder, import_imagefolder, import_zip
+from .importing import ImportReport, import_files, import_folder, import_imagefolder, import_uploads, import_zip
 from .names import name_key, validate_class_name
 from .objects import ObjectStore
 from .snapshots import RunInfo, RunSnapshot, list_runs, record_run, run_snapshot
@@ -339,6 +339,10 @@ class Project:
         """Import a zip (path, bytes or binary file); with ``folders_as_classes`` its folders are classes."""
         return import_zip(self, source, label=label, folders_as_classes=folders_as_classes, actor=actor,
                           on_progress=on_progress)
+
+    def import_uploads(self, uploads, label: str | None = None, *, actor: str | None = None) -> ImportReport:
+        """Import browser uploads, images and zips mixed, into one report (see :func:`~.importing.import_uploads`)."""
+        return import_uploads(self, uploads, label, actor=actor)
 
     def export_imagefolder_zip(self, destination) -> ExportReport:
         """Write the labeled images as an ImageFolder zip (one folder per class) to a path or binary buffer."""

@@ -2,22 +2,23 @@
 
 import streamlit as st
 
-from fsl_app import projection, studio
-from pages import _charts, _shared
-
-_shared.use_navigation()
+from fsl_app import augment, inspect_run, projection, run_tables, training_job
+from fsl_app.evaluation import PROTOCOL_LABELS
+from fsl_app.runs import read_run
+from fsl_app.strategies import list_strategies
+from fsl_app.views import _charts, _nav, _shared
 
 MAX_SIDE_BY_SIDE = 3
+MISTAKES_SHOWN = 24
 
 
 @st.cache_data(show_spinner="Projecting the embeddings…", max_entries=16)
-def embedding_points(run_dir: str, method: str, names: dict) -> studio.EmbeddingMap:
-    run = studio.read_run_folder(run_dir)
-    return studio.embedding_map(_shared.fitted_strategy(run_dir), run, method, names=names)
+def embedding_points(run_dir: str, method: str, names: dict) -> inspect_run.EmbeddingMap:
+    return inspect_run.embedding_map(_shared.fitted_strategy(run_dir), read_run(run_dir), method, names=names)
 
 
 def runs_table(runs: list[dict]) -> None:
-    st.dataframe(studio.run_table(runs), hide_index=True, width="stretch",
+    st.dataframe(run_tables.run_table(runs), hide_index=True, width="stretch",
                  column_config={"run": st.column_config.TextColumn("run", width="medium"),
                                 "accuracy %": st.column_config.NumberColumn(format="%.1f"),
                                 "± 95 % CI": st.column_config.NumberColumn(format="%.1f")})
@@ -25,12 +26,12 @@ def runs_table(runs: list[dict]) -> None:
 
 def queue_all_strategies(project, backbone: dict) -> None:
     """on_click: one run per strategy with the chosen protocol and seed."""
-    augment = studio.load_project_augment(project).resolved_pipeline()
-    requests = studio.requests_for_all_strategies(project.path, backbone.get("name"), backbone.get("weights", "auto"),
-                                                  st.session_state["all-protocol"], int(st.session_state["all-seed"]),
-                                                  augment)
+    pipeline = augment.load_project_augment(project.path).resolved_pipeline()
+    requests = training_job.requests_for_all_strategies(
+        project.path, backbone.get("name"), backbone.get("weights", "auto"), st.session_state["all-protocol"],
+        int(st.session_state["all-seed"]), pipeline)
     for request in requests:
-        studio.submit_training(_shared.job_queue(), request, owner=project.name)
+        training_job.submit_training(_shared.job_queue(), request, owner=project.name)
     st.session_state["all-queued"] = len(requests)
 
 
@@ -40,18 +41,17 @@ def evaluate_all(project, runs: list[dict]) -> None:
     with st.expander("Evaluate every strategy with the same protocol and seed"):
         st.caption(f"Queues one run per strategy (default hyperparameters) on {backbone.get('name')} with the "
                    "weights of the latest run, so the comparison is fair.")
-        st.selectbox("Protocol", list(studio.PROTOCOL_LABELS), format_func=studio.PROTOCOL_LABELS.get,
-                     key="all-protocol")
+        st.selectbox("Protocol", list(PROTOCOL_LABELS), format_func=PROTOCOL_LABELS.get, key="all-protocol")
         st.number_input("Seed", 0, 1_000_000, int(latest.get("seed", 0)), key="all-seed")
-        st.button(f"Evaluate {len(studio.strategy_names())} strategies", key="all-button",
+        st.button(f"Evaluate {len(list_strategies())} strategies", key="all-button",
                   icon=":material/playlist_play:", on_click=queue_all_strategies, args=(project, backbone))
         if st.session_state.pop("all-queued", None):
             st.success("Queued: they run one after the other.")
-            st.page_link(_shared.TRAIN_PAGE, label="Watch them on the Train page", icon=":material/model_training:")
+            _nav.link(_nav.TRAIN, "Watch them on the Train page")
 
 
 def curves(selected: list[dict]) -> None:
-    rows = studio.curve_rows(selected)
+    rows = run_tables.curve_rows(selected)
     if rows:
         st.subheader("Training curves")
         st.plotly_chart(_charts.training_curves(rows), key="compare-curves")
@@ -64,11 +64,11 @@ def confusion_matrices(selected: list[dict]) -> None:
         metrics = run["metrics"] or {}
         if metrics.get("confusion"):
             column.plotly_chart(_charts.confusion_heatmap(metrics["classes"], metrics["confusion"],
-                                                          studio.run_label(run)), key=f"confusion-{run['name']}")
+                                                          run_tables.run_label(run)), key=f"confusion-{run['name']}")
 
 
 def per_class(selected: list[dict]) -> None:
-    rows = studio.per_class_rows(selected)
+    rows = run_tables.per_class_rows(selected)
     if rows:
         st.subheader("Accuracy per class")
         st.plotly_chart(_charts.per_class_bars(rows), key="compare-per-class")
@@ -76,13 +76,12 @@ def per_class(selected: list[dict]) -> None:
 
 def mistakes(selected: list[dict], names: dict) -> None:
     st.subheader("Misclassified held-out images")
-    run = _shared.run_picker("Run", selected, "mistakes-run")
-    wrong = studio.misclassified(run)
+    wrong = run_tables.misclassified(_shared.run_picker("Run", selected, "mistakes-run"))
     if not wrong:
         st.caption("No mistakes on the held-out images of this run.")
         return
     columns = st.columns(6)
-    for index, item in enumerate(wrong[:24]):
+    for index, item in enumerate(wrong[:MISTAKES_SHOWN]):
         caption = f"{names.get(item['sha256'], '')}\ntrue **{item['true']}** → {item['predicted']} " \
                   f"({item['probability']:.0%})"
         columns[index % 6].image(item["path"], caption=caption, width="stretch")
@@ -103,11 +102,11 @@ def embedding_section(runs: list[dict], names: dict) -> None:
     if points.note:
         st.info(points.note)
         return
-    title = f"{studio.run_label(run)} · {projection.METHOD_LABELS[method]}"
+    title = f"{run_tables.run_label(run)} · {projection.METHOD_LABELS[method]}"
     event = st.plotly_chart(_charts.embedding_scatter(points.points, title), key="embedding-map",
                             on_select="rerun", selection_mode="points")
-    st.caption("Filled: tested in the evaluation; open: only used for training; stars: ProtoNet prototypes. "
-               "Click a point to see its image.")
+    st.caption("Filled: tested in the evaluation; open: only used for training; stars: the strategy's own points "
+               "(ProtoNet's prototypes). Click a point to see its image.")
     show_selected_point(event)
 
 
@@ -121,18 +120,18 @@ def show_selected_point(event) -> None:
 
 project = _shared.require_project()
 st.title(f"Compare · {project.name}")
-runs = studio.project_runs(project)
+runs = run_tables.project_runs(project.path)
 if not runs:
     st.info("No finished run yet. Train one first.")
-    st.page_link(_shared.TRAIN_PAGE, label="Go to Train", icon=":material/model_training:")
+    _nav.link(_nav.TRAIN, "Go to Train")
     st.stop()
 runs_table(runs)
 evaluate_all(project, runs)
-by_name = studio.runs_by_name(runs)
+by_name = {run["name"]: run for run in runs}
 chosen = st.multiselect("Runs to compare", list(by_name), default=list(by_name)[:2],
-                        format_func=lambda name: studio.run_label(by_name[name]), key="compare-runs")
+                        format_func=lambda name: run_tables.run_label(by_name[name]), key="compare-runs")
 selected = [by_name[name] for name in chosen]
-names = studio.source_names(project)
+names = {image.sha256: image.source_name for image in project.images()}  # run folders know content paths only
 if selected:
     curves(selected)
     confusion_matrices(selected)

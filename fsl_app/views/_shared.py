@@ -7,30 +7,13 @@ reload and every tab sees it), open projects and fitted strategies. Session stat
 from __future__ import annotations
 
 import streamlit as st
-from streamlit.runtime.pages_manager import PagesManager
 
-from fsl_app import jobs, studio
+from fsl_app import inspect_run, jobs, run_tables
+from fsl_app.images import ImageError
 from fsl_app.store import StoreError, create_project, list_projects, open_project, workspace_home
+from fsl_app.views import _nav
 
 PROJECT_KEY = "project"
-HOME_PAGE = "pages/home.py"
-DATA_PAGE = "pages/data.py"
-TRAIN_PAGE = "pages/train.py"
-COMPARE_PAGE = "pages/compare.py"
-EXPORT_PAGE = "pages/export.py"
-
-
-def use_navigation() -> None:
-    """First line of every page: make sure this run went through app.py (its st.navigation and sidebar).
-
-    A folder named ``pages/`` next to app.py makes Streamlit start in its old multipage mode, which runs a page file
-    alone, until the first ``st.navigation`` call switches that mode off. That happens at the first run of a server
-    opened on a page's address, and on every rerun under AppTest (which resets the mode before each run). Switch it
-    off and rerun: the rerun goes through app.py and lands on the same page, widget callbacks already applied.
-    """
-    if getattr(PagesManager, "uses_pages_directory", False):  # internal flag: absent in other versions, no-op
-        PagesManager.uses_pages_directory = False
-        st.rerun()
 
 
 @st.cache_resource
@@ -47,7 +30,7 @@ def _open_project(home: str, name: str):
 @st.cache_resource(max_entries=4, show_spinner="Loading the trained model…")
 def fitted_strategy(run_dir: str):
     """The fitted strategy of a run (backbone + head), loaded once per process."""
-    return studio.fitted_run(run_dir)
+    return inspect_run.fitted_strategy(run_dir)
 
 
 def home() -> str:
@@ -95,7 +78,7 @@ def require_project():
     project = current_project()
     if project is None:
         st.info("Pick or create a project in the sidebar first, or load the sample data on the Home page.")
-        st.page_link(HOME_PAGE, label="Go to Home", icon=":material/home:")
+        _nav.link(_nav.HOME, "Go to Home")
         st.stop()
     return project
 
@@ -126,12 +109,18 @@ def project_creator(key: str, *, label: str = "New project name") -> None:
 
 def run_picker(label: str, runs: list[dict], key: str, *, prefer_best: bool = False) -> dict:
     """A selectbox over runs (newest first) that returns the chosen run's data; first choice: newest or best."""
-    by_name = studio.runs_by_name(runs)
+    by_name = {run["name"]: run for run in runs}
     if st.session_state.get(key) not in by_name:
-        st.session_state[key] = studio.best_run(runs)["name"] if prefer_best else runs[0]["name"]
-    name = st.selectbox(label, list(by_name), format_func=lambda n: studio.run_label(by_name[n]), key=key)
+        st.session_state[key] = run_tables.best_run(runs)["name"] if prefer_best else runs[0]["name"]
+    name = st.selectbox(label, list(by_name), format_func=lambda n: run_tables.run_label(by_name[n]), key=key)
     return by_name[name]
 
 
+def error_text(error: BaseException) -> str:
+    """The words a page shows for an error: an image's own message (it starts with the file name), else the job
+    queue's readable description."""
+    return str(error) if isinstance(error, ImageError) else jobs.describe_error(error)
+
+
 def show_error(error: BaseException, *, prefix: str = "") -> None:
-    st.error(prefix + studio.readable_error(error))
+    st.error(prefix + error_text(error))

@@ -4,12 +4,10 @@ from dataclasses import asdict
 
 import streamlit as st
 
-from fsl_app import augment, studio
-from pages import _shared
+from fsl_app import augment
+from fsl_app.views import _shared
 
-_shared.use_navigation()
-
-CHOICES = [*augment.PRESETS, "custom"]
+CHOICES = [*augment.PRESETS, augment.CUSTOM]
 SLIDERS = {  # field: (label, min, max, step)
     "horizontal_flip": ("Horizontal flip (probability)", 0.0, 1.0, 0.05),
     "vertical_flip": ("Vertical flip (probability)", 0.0, 1.0, 0.05),
@@ -34,7 +32,7 @@ def init_state(project) -> None:
     """
     draft = st.session_state.get("aug-draft")
     if draft is None or draft["project"] != project.name:
-        saved = studio.load_project_augment(project)
+        saved = augment.load_project_augment(project.path)
         draft = {"project": project.name, "choice": saved.choice if saved.choice in CHOICES else "light",
                  "settings": asdict(saved.settings)}
         st.session_state["aug-draft"] = draft
@@ -52,11 +50,11 @@ def remember(name: str) -> None:
         draft["settings"][name] = st.session_state[f"aug-{name}"]
 
 
-def current_settings() -> studio.AugmentSettings:
+def current_settings() -> augment.AugmentSettings:
     """The sliders' values (the draft fills in those not drawn this run)."""
     values = {**st.session_state["aug-draft"]["settings"],
               **{name: st.session_state[f"aug-{name}"] for name in SLIDERS if f"aug-{name}" in st.session_state}}
-    return studio.AugmentSettings.from_dict(values)
+    return augment.AugmentSettings.from_dict(values)
 
 
 def current_choice() -> str:
@@ -66,7 +64,7 @@ def current_choice() -> str:
 def controls() -> None:
     st.selectbox("Pipeline", CHOICES, key="aug-choice", on_change=remember, args=("choice",),
                  help="Presets go from none to strong; custom lets you set every transform.")
-    if current_choice() != "custom":
+    if current_choice() != augment.CUSTOM:
         st.caption("Choose **custom** to edit the transforms with sliders.")
         return
     for name, (label, low, high, step) in SLIDERS.items():
@@ -75,7 +73,7 @@ def controls() -> None:
 
 def save(project) -> None:
     try:
-        studio.save_project_augment(project, current_choice(), current_settings())
+        augment.save_project_augment(project.path, current_choice(), current_settings())
         st.session_state["aug-message"] = "Saved: fine-tuning runs of this project will use this pipeline."
     except ValueError as error:
         st.session_state["aug-error"] = str(error)
@@ -94,7 +92,7 @@ def preview(project, pipeline: dict) -> None:
     seed = right.number_input("Seed", 0, 10_000, 0, key="aug-seed")
     by_id = {image.id: image for image in images}
     try:
-        rows = studio.augment_preview([by_id[i].path for i in chosen], pipeline, copies=copies, seed=int(seed))
+        rows = augment.preview_paths([by_id[i].path for i in chosen], pipeline, copies=copies, seed=int(seed))
     except Exception as error:  # noqa: BLE001 - an unusable pipeline or image
         _shared.show_error(error, prefix="Cannot preview: ")
         return
@@ -114,16 +112,16 @@ st.caption("Train-time augmentation shows the model varied copies of your few im
 left, right = st.columns([1, 2])
 with left:
     controls()
-    pipeline = studio.pipeline_dict(current_choice(), current_settings())
+    pipeline = augment.pipeline_dict(current_choice(), current_settings())
     st.button("Save with the project", type="primary", on_click=save, args=(project,), icon=":material/save:")
     if "aug-message" in st.session_state:
         st.success(st.session_state.pop("aug-message"))
     if "aug-error" in st.session_state:
         st.error(st.session_state.pop("aug-error"))
-    saved = studio.load_project_augment(project)
+    saved = augment.load_project_augment(project.path)
     st.caption(f"Saved pipeline: **{saved.choice}**")
     with st.expander("Transforms (albumentations)"):
-        st.write("\n".join(f"- {line}" for line in studio.describe_pipeline(pipeline)) or "no transform")
+        st.write("\n".join(f"- {line}" for line in augment.describe_pipeline(pipeline)) or "no transform")
         st.json(pipeline, expanded=False)
 with right:
     preview(project, pipeline)

@@ -4,12 +4,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from fsl_app import studio
-from pages import _charts, _shared
-
-_shared.use_navigation()
+from fsl_app import inspect_run, run_downloads, run_tables
+from fsl_app.views import _charts, _nav, _shared
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
+FORMAT_LABELS = {"onnx": "ONNX", "torchscript": "TorchScript", "bundle": "Bundle"}  # the formats offered, in order
+FORMAT_HELP = {
+    "onnx": ".onnx file: runs with onnxruntime alone, no PyTorch needed",
+    "torchscript": ".pt file: runs with PyTorch alone",
+    "bundle": ".zip: safetensors weights, ONNX model, predict scripts, requirements and a model card",
+}
 
 
 def run_summary(run: dict) -> None:
@@ -18,7 +22,7 @@ def run_summary(run: dict) -> None:
     left.markdown(f"**{config.get('strategy')}** on **{config.get('backbone', {}).get('name')}** "
                   f"({config.get('backbone', {}).get('source')} weights), trained on {metrics.get('n_images')} "
                   f"images of {len(config.get('classes', []))} classes: {', '.join(config.get('classes', []))}.")
-    right.metric(f"Accuracy ({metrics.get('protocol')})", studio.accuracy_text(metrics))
+    right.metric(f"Accuracy ({metrics.get('protocol')})", run_tables.accuracy_text(metrics))
 
 
 def try_image(run: dict) -> None:
@@ -30,8 +34,8 @@ def try_image(run: dict) -> None:
     left.image(upload.getvalue(), caption=upload.name, width="stretch")
     try:
         strategy = _shared.fitted_strategy(run["run_dir"])
-        prediction = studio.predict_image(strategy, upload.getvalue(), upload.name,
-                                          training=studio.run_image_set(run))
+        prediction = inspect_run.predict_image(strategy, upload.getvalue(), upload.name,
+                                               training=inspect_run.run_image_set(run))
     except Exception as error:  # noqa: BLE001 - an unreadable image, a backbone missing here
         _shared.show_error(error, prefix="Cannot predict: ")
         return
@@ -51,11 +55,11 @@ def downloads(project, run: dict) -> None:
     st.subheader("Download the model")
     run_dir = run["run_dir"]
     st.download_button("Run folder (.zip)", key="download-run",
-                       data=lambda: studio.run_zip_bytes(run_dir), file_name=f"{run['name']}.zip",
+                       data=lambda: run_downloads.run_zip_bytes(run_dir), file_name=f"{run['name']}.zip",
                        mime="application/zip", on_click="ignore", icon=":material/folder_zip:")
     st.caption("config, metrics, predictions and model.safetensors: use it with "
                "`fsl-app predict RUN_FOLDER image.jpg` or `fsl-app export`.")
-    for format in studio.export_formats():
+    for format in FORMAT_LABELS:
         export_button(project, run_dir, format)
     if "export-error" in st.session_state:
         st.error(st.session_state.pop("export-error"))
@@ -64,13 +68,13 @@ def downloads(project, run: dict) -> None:
 def prepare_export(project, run_dir: str, format: str) -> None:
     """on_click: write the export once (it is checked against the run's own predictions)."""
     try:
-        st.session_state[f"export-{format}-{run_dir}"] = str(studio.export_model(project, run_dir, format))
+        st.session_state[f"export-{format}-{run_dir}"] = str(run_downloads.export_once(project.path, run_dir, format))
     except Exception as error:  # noqa: BLE001 - shown in words
-        st.session_state["export-error"] = f"{format} export failed: {studio.readable_error(error)}"
+        st.session_state["export-error"] = f"{format} export failed: {_shared.error_text(error)}"
 
 
 def export_button(project, run_dir: str, format: str) -> None:
-    label, description = studio.FORMAT_LABELS.get(format, format), studio.FORMAT_HELP.get(format, "")
+    label, description = FORMAT_LABELS[format], FORMAT_HELP[format]
     prepared = st.session_state.get(f"export-{format}-{run_dir}")
     left, right = st.columns([1, 1], vertical_alignment="center")
     right.caption(description)
@@ -86,10 +90,10 @@ def export_button(project, run_dir: str, format: str) -> None:
 
 project = _shared.require_project()
 st.title(f"Export & try · {project.name}")
-runs = studio.project_runs(project)
+runs = run_tables.project_runs(project.path)
 if not runs:
     st.info("No finished run yet. Train one first.")
-    st.page_link(_shared.TRAIN_PAGE, label="Go to Train", icon=":material/model_training:")
+    _nav.link(_nav.TRAIN, "Go to Train")
     st.stop()
 run = _shared.run_picker("Run", runs, "export-run", prefer_best=True)
 run_summary(run)

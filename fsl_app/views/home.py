@@ -2,29 +2,16 @@
 
 import streamlit as st
 
-from fsl_app import studio
-from pages import _shared
-
-_shared.use_navigation()
-
-TOUR = [
-    (_shared.DATA_PAGE, "Data", ":material/photo_library:",
-     "drop a few images per class (or a zip), fix labels, accept model suggestions"),
-    ("pages/augment.py", "Augment", ":material/auto_fix_high:", "preview and save train-time augmentation"),
-    (_shared.TRAIN_PAGE, "Train", ":material/model_training:",
-     "pick a backbone and a strategy, watch the curves live, cancel any time"),
-    (_shared.COMPARE_PAGE, "Compare", ":material/leaderboard:",
-     "every run side by side, confusion matrices, mistakes, an embedding map"),
-    (_shared.EXPORT_PAGE, "Export & try", ":material/download:", "try a new image, download the model"),
-]
+from fsl_app import run_tables, training_job
+from fsl_app.views import _nav, _shared
 
 
 def start_sample() -> None:
     """on_click: build the sample project, queue its first training run, then open the Train page."""
     try:
-        name, _ = studio.start_sample(_shared.job_queue())
+        name, _ = training_job.start_sample(_shared.job_queue())
     except Exception as error:  # noqa: BLE001 - shown to the user in words
-        st.session_state["sample_error"] = studio.readable_error(error)
+        st.session_state["sample_error"] = _shared.error_text(error)
         return
     _shared.select_project(name)
     st.session_state["go_to_train"] = True
@@ -48,30 +35,33 @@ def create_card() -> None:
 
 
 def overview(project) -> None:
-    facts = studio.project_overview(project)
+    stats = project.stats()
+    runs = run_tables.project_runs(project.path)
+    best = run_tables.best_run(runs)
     st.subheader(f"Project: {project.name}")
     columns = st.columns([2, 2, 2, 2, 3])
-    columns[0].metric("Images", facts.n_images)
-    columns[1].metric("Labeled", facts.n_labeled)
-    columns[2].metric("Classes", facts.n_classes)
-    columns[3].metric("Runs", facts.n_runs)
-    best = facts.best_run
-    columns[4].metric("Best accuracy", studio.accuracy_text(best["metrics"]) if best else "–",
-                      help=f"{studio.run_label(best)}" if best else "no finished run yet")
-    for warning in facts.warnings:
+    columns[0].metric("Images", stats.n_images)
+    columns[1].metric("Labeled", stats.n_labeled)
+    columns[2].metric("Classes", len(stats.class_counts))
+    columns[3].metric("Runs", len(runs))
+    columns[4].metric("Best accuracy", run_tables.accuracy_text(best["metrics"]) if best else "–",
+                      help=run_tables.run_label(best) if best else "no finished run yet")
+    for warning in stats.warnings:
         st.warning(warning, icon=":material/warning:")
 
 
 def tour() -> None:
     st.subheader("A one-minute tour")
-    for path, title, icon, text in TOUR:
-        left, right = st.columns([1, 4])
-        left.page_link(path, label=title, icon=icon)
-        right.write(text)
+    for view in _nav.VIEWS:
+        if view.tour:
+            left, right = st.columns([1, 4])
+            with left:
+                _nav.link(view)
+            right.write(view.tour)
 
 
 if st.session_state.pop("go_to_train", False):
-    st.switch_page(_shared.TRAIN_PAGE)
+    st.switch_page(_nav.page(_nav.TRAIN))
 
 st.title("Few-shot image classification studio")
 st.caption("Label a handful of images per class, train on your CPU or GPU while the curves update, compare "

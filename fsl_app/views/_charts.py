@@ -1,4 +1,4 @@
-"""Plotly figures of the studio, built from the plain rows that fsl_app.studio returns."""
+"""Plotly figures of the studio, built from the plain rows that fsl_app.run_tables and fsl_app.inspect_run return."""
 
 from __future__ import annotations
 
