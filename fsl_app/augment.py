@@ -76,7 +76,8 @@ def apply(pipeline: A.Compose, image: Image.Image) -> Image.Image:
     return Image.fromarray(pipeline(image=np.asarray(image.convert("RGB")))["image"])
 
 
-def preview(pipeline: A.Compose, images: Sequence[Image.Image], copies: int = 4, seed: int = 0) -> list[list[Image.Image]]:
+def preview(pipeline: A.Compose, images: Sequence[Image.Image], copies: int = 4,
+            seed: int = 0) -> list[list[Image.Image]]:
     """``copies`` augmented versions of each image, identical for the same seed: rows of the preview grid."""
     seed_pipeline(pipeline, seed)
     return [[apply(pipeline, image) for _ in range(copies)] for image in images]

@@ -343,7 +343,7 @@ def offering_test_backbones() -> bool:
 
 
 def offered_backbones() -> list[str]:
-    """Names for a backbone picker: the suggested ones, after the tiny test models when FSL_APP_TEST_BACKBONES is set."""
+    """Names for a backbone picker: the suggested ones, after timm's tiny test models in test mode."""
     return (list(TEST_BACKBONES) if offering_test_backbones() else []) + list(SUGGESTED_BACKBONES)
 
 

@@ -1,9 +1,8 @@
 """Batched feature extraction with device / engine choice and an on-disk feature cache.
 
 The cache key is (image sha256, backbone id incl. weights hash, preprocessing), so retraining a frozen-feature
-strategy on the same images never runs the backbone again. On CPU the frozen backbone runs in ONNX Runtime (measured
-several times faster than eager PyTorch here, see benchmarks/RESULTS.md); on CUDA it runs in PyTorch with AMP and
-channels_last.
+strategy on the same images never runs the backbone again. On CPU the frozen backbone runs in ONNX Runtime, on CUDA
+in PyTorch with AMP and channels_last (speeds: benchmarks/RESULTS.md).
 
 Preprocessing is timm's eval transform, split in two so it is cheap: the PIL resize and center crop run per image in
 worker threads (Pillow releases the GIL), then ``ToTensor`` + ``Normalize`` run once per batch as vectorized numpy
