@@ -93,11 +93,9 @@ def _choices_for(cls, name: str) -> tuple | None:
 
 
 def install_param_specs() -> None:
-    """Give ``Strategy`` a ``param_specs`` classmethod and a ``uses_unlabeled`` flag where the branch lacks them."""
+    """Give ``Strategy`` a ``param_specs`` classmethod where the branch lacks it."""
     if not hasattr(Strategy, "param_specs"):
         Strategy.param_specs = classmethod(_legacy_param_specs)
-    if not hasattr(Strategy, "uses_unlabeled"):
-        Strategy.uses_unlabeled = False
 
 
 def map_points(strategy, vectors: np.ndarray, labels: list[str]) -> list[tuple[str, str, Any]]:
