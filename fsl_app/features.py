@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_transform
-from torch import nn
 from torchvision import transforms as tv_transforms
 
 from .atomic import open_atomic
