@@ -156,7 +156,7 @@ class ProtocolPlan:
         return float(sum(self.seconds.values()))
 
     def text(self) -> str:
-        return (f"Every strategy uses {PROTOCOL_NAMES[self.protocol]}: {self.reason} Estimated time: about "
+        return (f"{self.reason[:1].upper()}{self.reason[1:]} Estimated time: about "
                 f"{format_duration(self.total_seconds)} in all (a rough estimate).")
 
 
