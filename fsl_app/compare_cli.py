@@ -70,8 +70,8 @@ def print_comparison(comparison) -> None:
 
 def _print_runs(rows: list[dict]) -> None:
     width = max(len(row["run"]) for row in rows)
-    print(f"  {'run':<{width}}  {'strategy':<10} {'accuracy':>8} {'tested':>6} {'train s':>8}")
+    print(f"  {'run':<{width}}  {'strategy':<10} {'accuracy':>8} {'tested':>6} {'fit s':>8}")
     for row in rows:
-        seconds = "" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}"
+        seconds = "" if row["fit_seconds"] is None else f"{row['fit_seconds']:.1f}"
         print(f"  {row['run']:<{width}}  {row['strategy']:<10} {100 * row['accuracy']:>7.1f}% {row['n_test']:>6} "
               f"{seconds:>8}")

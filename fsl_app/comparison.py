@@ -372,12 +372,26 @@ class Recommendation:
         return asdict(self)
 
 
-def cost_key(run: dict) -> tuple[float, int]:
-    """Cheapest first: train_seconds from metrics.json, then linear < protonet < strategies that train the backbone."""
-    seconds = (run.get("metrics") or {}).get("train_seconds")
+def fit_seconds(run: dict) -> float | None:
+    """Seconds of the run's final fit on every image (train_seconds for runs that do not record it).
+
+    The final fit is what choosing a strategy costs from then on; train_seconds also holds the feature extraction,
+    which only the first frozen-feature run on a cold cache pays.
+    """
+    metrics = run.get("metrics") or {}
+    seconds = metrics.get("fit_seconds", metrics.get("train_seconds"))
+    return None if seconds is None else float(seconds)
+
+
+def cost_key(run: dict) -> tuple[float, int, float]:
+    """Cheapest first: whole seconds of :func:`fit_seconds` (a sub-second difference is timing noise, not cost), then
+    linear < protonet < strategies that train the backbone."""
+    seconds = fit_seconds(run)
     strategy = (run.get("config") or {}).get("strategy")
     rank = COST_ORDER.index(strategy) if strategy in COST_ORDER else len(COST_ORDER)
-    return (math.inf if seconds is None else float(seconds)), rank
+    if seconds is None:
+        return math.inf, rank, math.inf
+    return float(math.ceil(seconds)), rank, seconds
 
 
 def rank_runs(runs: Iterable[dict]) -> list[dict]:
@@ -415,8 +429,8 @@ def _cheapest_within_noise(best: dict, within: list[dict]) -> Recommendation:
     choice = min(within, key=cost_key)
     names = [run["name"] for run in within]
     others = ", ".join(run_label(run) for run in within if run is not choice)
-    seconds = (choice["metrics"] or {}).get("train_seconds")
-    cost = f" ({seconds:.1f} s to train)" if seconds is not None else ""
+    seconds = fit_seconds(choice)
+    cost = f" ({seconds:.1f} s to fit)" if seconds is not None else ""
     if choice is best:
         text = (f"{run_label(choice)} is recommended: it is the most accurate and the cheapest{cost}, but "
                 f"{others} {'is' if len(within) == 2 else 'are'} within the noise of it, so no winner is claimed.")
@@ -447,7 +461,8 @@ class GroupComparison:
     def rows(self) -> list[dict]:
         return [{"run": run["name"], "run_dir": run.get("run_dir"), "strategy": run["config"].get("strategy"),
                  "accuracy": run["metrics"].get("accuracy"), "n_test": len(run["predictions"]),
-                 "train_seconds": run["metrics"].get("train_seconds")} for run in self.runs]
+                 "train_seconds": run["metrics"].get("train_seconds"), "fit_seconds": fit_seconds(run)}
+                for run in self.runs]
 
     def to_dict(self) -> dict:
         return {"description": self.description, "runs": self.rows(), "pairs": [pair.to_dict() for pair in self.pairs],

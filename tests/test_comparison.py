@@ -33,7 +33,7 @@ def synthetic_images(n: int, *, salt: str = "") -> list[tuple[str, str]]:
 
 def write_run(root: Path, name: str, correct, *, strategy: str = "linear", seed: int = 0, protocol: str = "loo",
               images: list[tuple[str, str]] | None = None, train_seconds: float | None = 1.0,
-              finished: bool = True) -> dict:
+              fit_seconds: float | None = None, finished: bool = True) -> dict:
     """A run folder whose held-out prediction i is right exactly when ``correct[i]``."""
     images = images or synthetic_images(len(correct))
     folder = root / name
@@ -48,7 +48,7 @@ def write_run(root: Path, name: str, correct, *, strategy: str = "linear", seed:
                         "probabilities": {}} for i, ((sha, label), right) in enumerate(zip(images, correct))]
         metrics = {"protocol": protocol, "accuracy": float(np.mean(correct)), "classes": list(CLASSES),
                    "n_test": len(correct), "n_images": len(images), "train_seconds": train_seconds,
-                   "fit_seconds": train_seconds}
+                   "fit_seconds": train_seconds if fit_seconds is None else fit_seconds}
         (folder / "metrics.json").write_text(json.dumps(metrics))
         (folder / "predictions.json").write_text(json.dumps(predictions))
     return read_run(folder)
@@ -222,6 +222,15 @@ def test_cost_order_breaks_ties_when_no_time_is_recorded(tmp_path):
             write_run(tmp_path, "pn", pattern(20, 15), strategy="protonet", train_seconds=None),
             write_run(tmp_path, "lin", pattern(20, 15), strategy="linear", train_seconds=None)]
     assert recommend(runs).run == "lin"
+
+
+def test_cost_is_the_final_fit_not_a_cold_feature_cache_nor_timing_noise(tmp_path):
+    """The first frozen-feature run pays the feature extraction (train_seconds 16 s); its fit costs the same."""
+    runs = [write_run(tmp_path, "pn", pattern(20, 15), strategy="protonet", train_seconds=2.0, fit_seconds=0.1),
+            write_run(tmp_path, "lin", pattern(20, 15), strategy="linear", train_seconds=16.0, fit_seconds=0.4)]
+    assert recommend(runs).run == "lin"
+    slower = write_run(tmp_path, "lin-slow", pattern(20, 15), strategy="linear", train_seconds=16.0, fit_seconds=3.5)
+    assert recommend([runs[0], slower]).run == "pn"
 
 
 def test_one_run_and_mixed_runs_get_no_ranking(tmp_path):
