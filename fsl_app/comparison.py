@@ -34,7 +34,7 @@ ALPHA = 0.05
 TrainsBackbone = Callable[[str], bool] | Collection[str]
 
 
-# --- one protocol for a set of strategies -------------------------------------------------------------------------
+# --- one protocol for a set of strategies -----------------------------------------------------------------------------
 
 def shared_protocol(strategy_names: Sequence[str], y: np.ndarray, *, trains_backbone: TrainsBackbone,
                     requested: str = "auto", folds: int = 5, test_size: float = 0.25) -> tuple[str, str]:
@@ -183,7 +183,7 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-# --- which runs can be compared -----------------------------------------------------------------------------------
+# --- which runs can be compared ---------------------------------------------------------------------------------------
 
 KEY_FIELDS = ("data snapshot", "class set", "protocol", "seed", "tested images")
 
@@ -243,7 +243,7 @@ def key_differences(key_a: tuple, key_b: tuple) -> list[str]:
     return [name for name, a, b in zip(KEY_FIELDS, key_a, key_b) if a != b]
 
 
-# --- paired differences -------------------------------------------------------------------------------------------
+# --- paired differences -----------------------------------------------------------------------------------------------
 
 @dataclass
 class PairedDiff:
@@ -356,7 +356,7 @@ def _verdict(diff: PairedDiff, label_a: str, label_b: str, alpha: float) -> str:
             f"{len(diff.only_b_right)} images only one of them got right).")
 
 
-# --- recommendation -----------------------------------------------------------------------------------------------
+# --- recommendation ---------------------------------------------------------------------------------------------------
 
 @dataclass
 class Recommendation:
@@ -447,7 +447,7 @@ def _group_differences(groups: list[list[dict]]) -> str:
     return ", ".join(fields)
 
 
-# --- a whole comparison (what the CLI and the Compare page show) --------------------------------------------------
+# --- a whole comparison (what the CLI and the Compare page show) ------------------------------------------------------
 
 @dataclass
 class GroupComparison:

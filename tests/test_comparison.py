@@ -59,7 +59,7 @@ def pattern(n: int, right: int, *, start: int = 0) -> list[bool]:
     return [(i - start) % n < right for i in range(n)]
 
 
-# --- one protocol per comparison ----------------------------------------------------------------------------------
+# --- one protocol per comparison --------------------------------------------------------------------------------------
 
 def test_frozen_feature_strategies_share_leave_one_out_on_few_shot_data():
     y = np.repeat(np.arange(3), 8)
@@ -114,7 +114,7 @@ def test_plan_rates_each_strategy_from_earlier_runs(tmp_path):
     assert "rough estimate" in plan.text() and "Estimated time" in plan.text()
 
 
-# --- comparability --------------------------------------------------------------------------------------------------
+# --- comparability ----------------------------------------------------------------------------------------------------
 
 def test_snapshot_ignores_image_order_but_not_labels(tmp_path):
     images = synthetic_images(6)
@@ -150,7 +150,7 @@ def test_a_run_still_training_is_left_out_with_a_reason(tmp_path):
     assert sum(len(group) for group in group_comparable([training])) == 0
 
 
-# --- paired differences ---------------------------------------------------------------------------------------------
+# --- paired differences -----------------------------------------------------------------------------------------------
 
 def test_identical_predictions_show_no_measurable_difference(tmp_path):
     a = write_run(tmp_path, "a", pattern(40, 30))
@@ -196,7 +196,7 @@ def test_bootstrap_is_seeded():
     assert low < 4 / 30 < high
 
 
-# --- recommendation ----------------------------------------------------------------------------------------------------
+# --- recommendation ---------------------------------------------------------------------------------------------------
 
 def test_a_clear_winner_is_named(tmp_path):
     runs = [write_run(tmp_path, "ft", [True] * 40, strategy="finetune", train_seconds=90.0),
@@ -245,7 +245,7 @@ def test_one_run_and_mixed_runs_get_no_ranking(tmp_path):
     assert "Nothing can be compared" in result.message
 
 
-# --- runs made by train_run -----------------------------------------------------------------------------------------
+# --- runs made by train_run -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory, digits_set, tiny_backbone):
