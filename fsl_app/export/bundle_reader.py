@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .formats import ModelFileError
-from .metadata import (check_archive_intact, check_checksum, check_export_info, read_bundle_bytes, read_bundle_json,
+from .metadata import (check_bundle_archive, check_checksum, check_export_info, read_bundle_bytes, read_bundle_json,
                        recorded_checksums)
 
 BACKBONE_PREFIX = "backbone."
@@ -22,8 +22,7 @@ def load_bundle(path: str | Path) -> tuple[nn.Module, dict]:
     """The module (n, 3, H, W) -> logits (n, C) and the ``config.json`` of a bundle .zip or unzipped folder."""
     path = Path(path)
     if path.is_file():
-        read_bundle_bytes(path, "config.json")  # a clear error for a file that is no zip or no bundle
-        check_archive_intact(path, "bundle")
+        check_bundle_archive(path)
     info = check_export_info(read_bundle_json(path, "config.json"), path)
     check_checksum(path, "model.onnx", read_bundle_bytes(path, "model.onnx"), recorded_checksums(path, info))
     return build_bundle_module(info, read_bundle_state(path, info)).eval(), info

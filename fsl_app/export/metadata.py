@@ -125,14 +125,25 @@ def read_bundle_bytes(bundle: Path, name: str) -> bytes:
             raise ModelFileError(f"{bundle} lacks {name}: it is not a complete fsl-app bundle. Re-export it.")
         return member.read_bytes()
     if not zipfile.is_zipfile(bundle):
-        raise ModelFileError(f"{bundle} is not a readable zip file, so not a bundle written by `fsl-app export "
-                             "--format bundle` (or a damaged copy of one: download it again or re-export it).")
+        raise _not_a_bundle_zip(bundle)
     with zipfile.ZipFile(bundle) as archive:
         try:
             return archive.read(name)
         except KeyError:
             raise ModelFileError(f"{bundle} lacks {name}: it was not exported by fsl-app or is incomplete. "
                                  "Re-export it with `fsl-app export RUN_DIR --format bundle`.") from None
+
+
+def check_bundle_archive(bundle: Path) -> None:
+    """A bundle .zip must be a zip file whose members all pass their CRC-32 check."""
+    if not zipfile.is_zipfile(bundle):
+        raise _not_a_bundle_zip(bundle)
+    check_archive_intact(bundle, "bundle")
+
+
+def _not_a_bundle_zip(bundle: Path) -> ModelFileError:
+    return ModelFileError(f"{bundle} is not a readable zip file, so not a bundle written by `fsl-app export --format "
+                          "bundle` (or a damaged copy of one: download it again or re-export it).")
 
 
 def read_bundle_json(bundle: Path, name: str) -> dict | None:

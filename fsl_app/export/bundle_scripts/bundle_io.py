@@ -43,9 +43,17 @@ def load_rgb(path) -> Image.Image:
         image.load()
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):  # 16/32-bit: map the full range, as fsl_app does
         array = np.asarray(image, dtype=np.float64)
-        low, high = (0.0, 65535.0) if image.mode.startswith("I;16") else (float(array.min()), float(array.max()))
+        low, high = _value_range(image.mode, array)
         array = np.clip((array - low) / ((high - low) or 1.0) * 255 + 0.5, 0, 255).astype(np.uint8)
         image = Image.fromarray(array, mode="L")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:  # alpha over white, as fsl_app does
         image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
     return image.convert("RGB")
+
+
+def _value_range(mode: str, array: np.ndarray) -> tuple[float, float]:
+    """The values that map to black and white: the 16-bit range for 16-bit data (also when stored as 32-bit)."""
+    low, high = float(array.min()), float(array.max())
+    if mode.startswith("I;16") or (mode == "I" and low >= 0 and 255 < high <= 65535):
+        return 0.0, 65535.0
+    return low, high
