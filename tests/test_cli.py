@@ -240,9 +240,47 @@ def test_installed_entry_point_help():
     assert "Traceback" not in completed.stderr
 
 
+HEAVY_MODULES = ("torch", "timm", "onnxruntime", "sklearn")
+LOADED_AFTER_MAIN = """
+import sys
+from fsl_app.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:  # --help
+    pass
+print(sorted(m for m in {heavy} if m in sys.modules))
+"""
+
+
 def test_building_the_parser_does_not_import_torch():
     """`fsl-app --help` and argument errors answer at once: torch (about 2 s to import) loads only for real work."""
     code = ("import sys; from fsl_app.cli import build_parser; build_parser(); "
-            "print(sorted(m for m in ('torch', 'timm', 'onnxruntime', 'sklearn') if m in sys.modules))")
+            f"print(sorted(m for m in {HEAVY_MODULES} if m in sys.modules))")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert completed.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["project", "list"], ["export", "--help"], ["ui", "--help"]])
+def test_commands_that_need_no_model_import_no_model_library(argv, tmp_path):
+    code = LOADED_AFTER_MAIN.format(heavy=HEAVY_MODULES)
+    completed = subprocess.run([sys.executable, "-c", code, *argv, *(["--home", str(tmp_path)] if "list" in argv
+                                                                     else [])],
+                               capture_output=True, text=True, check=True)
+    assert completed.stdout.strip().splitlines()[-1] == "[]", completed.stdout
+    assert "Traceback" not in completed.stderr
+
+
+def test_ui_runs_the_packaged_app_with_the_packaged_streamlit_settings(tmp_path):
+    """`fsl-app ui` works from any folder: the app and its settings come from the installed package."""
+    import fsl_app
+    from fsl_app.cli.ui import streamlit_command
+
+    command = streamlit_command("127.0.0.1", 8765)
+    package = Path(fsl_app.__file__).parent
+    assert command[1:4] == ["-m", "streamlit", "run"] and Path(command[4]) == package / "app.py"
+    assert Path(command[4]).is_file()
+    flags = command[5:]
+    for flag in ("--server.address=127.0.0.1", "--server.port=8765", "--server.headless=true",
+                 "--server.fileWatcherType=none", "--browser.gatherUsageStats=false", "--server.maxUploadSize=1024"):
+        assert flag in flags
+    assert len({flag.split("=")[0] for flag in flags}) == len(flags)  # the address and port replace the file's

@@ -9,6 +9,8 @@ probabilities must match the in-app ``strategy.predict_proba`` within 1e-4 with 
 from __future__ import annotations
 
 import json
+import shutil
+import struct
 import subprocess
 import sys
 import zipfile
@@ -381,6 +383,80 @@ def test_zip_that_is_not_a_bundle_is_refused(tmp_path):
         archive.writestr("cat.txt", "meow")
     with pytest.raises(ModelFileError, match="lacks config.json"):
         load_predictor(tmp_path / "photos.zip")
+
+
+@pytest.mark.parametrize("export_format, member_suffix", [
+    ("bundle", "model.safetensors"), ("bundle", "config.json"), ("torchscript", "/data/0"),
+    ("torchscript", "/extra/fsl_app.json")])
+def test_archive_with_one_corrupted_byte_is_refused_as_damaged(export_format, member_suffix, exports, tmp_path,
+                                                               query_paths, capsys):
+    damaged = tmp_path / f"damaged{SUFFIXES[export_format]}"
+    corrupt_member_byte(exports["linear", export_format], damaged, member_suffix)
+    with pytest.raises(ModelFileError, match="damaged.*(download it again|re-export)"):
+        load_predictor(damaged)
+    assert cli_main(["predict", str(damaged), str(query_paths[0])]) == 2
+    error = capsys.readouterr().err
+    assert "damaged" in error and "Traceback" not in error
+
+
+def test_bundle_without_checksums_is_refused(exports, tmp_path):
+    stripped = tmp_path / "stripped.zip"
+    rewrite_zip(exports["linear", "bundle"], stripped, "config.json",
+                lambda config: {key: value for key, value in config.items() if key != "files"})
+    with pytest.raises(ModelFileError, match="no checksums"):
+        load_predictor(stripped)
+
+
+def test_bundle_with_another_onnx_model_fails_its_checksum(exports, tmp_path):
+    with zipfile.ZipFile(exports["protonet", "bundle"]) as source:
+        other_onnx = source.read("model.onnx")
+    swapped = tmp_path / "swapped.zip"
+    rewrite_zip(exports["linear", "bundle"], swapped, "model.onnx", raw=other_onnx)
+    with pytest.raises(ModelFileError, match="model.onnx was modified after export"):
+        load_predictor(swapped)
+
+
+def test_bundle_scripts_refuse_missing_or_mismatched_checksums(exports, workspace, tmp_path, query_paths):
+    """Each script checks the file it runs against config.json, and refuses a bundle without checksums."""
+    linear, protonet = workspace / "unzipped" / "linear", workspace / "unzipped" / "protonet"
+    cases = {"no-checksums": {"config.json": _without_checksums(linear / "config.json")},
+             "other-weights": {"model.safetensors": (protonet / "model.safetensors").read_bytes()},
+             "other-onnx": {"model.onnx": (protonet / "model.onnx").read_bytes()}}
+    runs = {"no-checksums": ("predict.py", "predict_onnx.py"), "other-weights": ("predict.py",),
+            "other-onnx": ("predict_onnx.py",)}
+    processes = {}
+    for case, replaced in cases.items():
+        folder = tmp_path / case
+        shutil.copytree(linear, folder)
+        for name, data in replaced.items():
+            (folder / name).write_bytes(data)
+        for script in runs[case]:
+            processes[case, script] = subprocess.Popen(
+                [sys.executable, str(folder / script), str(query_paths[0])], cwd=tmp_path,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for (case, script), process in processes.items():
+        out, err = process.communicate(timeout=300)
+        assert process.returncode != 0 and out == "", (case, script, out)
+        assert "Traceback" not in err, (case, script, err)
+        expected = "no checksums" if case == "no-checksums" else "modified after export"
+        assert expected in err and "re-export" in err.lower(), (case, script, err)
+
+
+def _without_checksums(config_path: Path) -> bytes:
+    config = json.loads(config_path.read_text())
+    del config["files"]
+    return json.dumps(config).encode()
+
+
+def corrupt_member_byte(source: Path, target: Path, member_suffix: str) -> None:
+    """Copy a zip, flipping one byte in the middle of one member's stored data (its CRC-32 no longer matches)."""
+    data = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
+        member = next(item for item in archive.infolist() if item.filename.endswith(member_suffix))
+    header = member.header_offset
+    name_length, extra_length = struct.unpack("<HH", data[header + 26:header + 30])  # local file header fields
+    data[header + 30 + name_length + extra_length + member.compress_size // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
 
 
 def rewrite_zip(source: Path, target: Path, member_suffix: str, edit=None, *, raw: bytes | None = None) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fsl_app.store import open_project
-from fsl_app.store.cli import add_store_commands, main
+from fsl_app.cli.store import add_store_commands, main
 
 try:
     from tests.conftest_store import digit_files, digit_png, home, make_zip, write_imagefolder  # noqa: F401

@@ -18,11 +18,11 @@ from typing import Callable
 
 from ..dataset import DataError
 from ..images import ImageError, is_image_name
-from .errors import StoreError
-from .importing import ImportReport
-from .suggest import suggest_for_project
-from .workspace import (create_project, delete_project, list_projects, open_project, rename_project,
-                        workspace_home)
+from ..store.errors import StoreError
+from ..store.importing import ImportReport
+from ..store.suggest import suggest_for_project
+from ..store.workspace import (create_project, delete_project, list_projects, open_project, rename_project,
+                               workspace_home)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -245,7 +245,7 @@ def _load_strategy(run_dir: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m fsl_app.store.cli``) with only the store commands."""
+    """Stand-alone entry point (``python -m fsl_app.cli.store``) with only the store commands."""
     parser = argparse.ArgumentParser(prog="fsl-app", description="fsl_app project store")
     add_store_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-EXPORT_FORMATS = ("onnx", "torchscript", "bundle")
-QUANTIZATIONS = ("int8",)
+from ..export.formats import EXPORT_FORMATS, QUANTIZATIONS
 
 
 def add_export_command(commands) -> None:
@@ -22,7 +21,7 @@ def add_export_command(commands) -> None:
 
 
 def cmd_export(args) -> int:
-    from .export import export_run, exported_info
+    from ..export import export_run, exported_info
 
     out = export_run(args.run_dir, args.format, args.out, threshold=args.threshold, quantize=args.quantize)
     info = exported_info(out, args.format)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import DEFAULT_BACKBONE
+from .. import DEFAULT_BACKBONE
 
 EXIT_USAGE = 2
 
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(handler=cmd_predict)
 
-    ui = commands.add_parser("ui", help="start the Streamlit studio (same as streamlit run app.py)")
+    ui = commands.add_parser("ui", help="start the Streamlit studio (the app shipped in the package)")
     ui.add_argument("--port", type=int, default=8501)
     ui.add_argument("--address", default="127.0.0.1")
     ui.set_defaults(handler=cmd_ui)
@@ -91,27 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(commands) -> None:
-    """Commands whose modules live elsewhere (export, store, benchmarks)."""
-    from .export_cli import add_export_command
-    from .store.cli import add_store_commands
+    """Commands defined in their own modules of this package (export; project and suggest)."""
+    from .export import add_export_command
+    from .store import add_store_commands
 
     add_export_command(commands)
     add_store_commands(commands)
 
 
 def _resolve_images(data: str, home: str | None):
-    from .dataset import ImageSet
+    from ..dataset import ImageSet
 
     if Path(data).is_dir():
         return ImageSet.from_folder(data)
-    from .store import resolve_image_set
+    from ..store import resolve_image_set
 
     return resolve_image_set(data, home=home)
 
 
 def _strategy_and_backbone(args):
-    from .backbones import load_backbone
-    from .strategies import create_strategy
+    from ..backbones import load_backbone
+    from ..strategies import create_strategy
 
     params = _parse_params(args.param)
     if "seed" in _strategy_param_names(args.strategy) and "seed" not in params:
@@ -121,13 +121,13 @@ def _strategy_and_backbone(args):
 
 
 def _strategy_param_names(name: str) -> list[str]:
-    from .strategies import get_strategy_class
+    from ..strategies import get_strategy_class
 
     return get_strategy_class(name).param_names()
 
 
 def cmd_train(args) -> int:
-    from .runs import new_run_name, train_run
+    from ..runs import new_run_name, train_run
 
     images = _resolve_images(args.data, args.home)
     strategy, backbone = _strategy_and_backbone(args)
@@ -155,7 +155,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate_episodes
+    from ..evaluation import evaluate_episodes
 
     images = _resolve_images(args.data, args.home)
     strategy, backbone = _strategy_and_backbone(args)
@@ -175,8 +175,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .export import load_predictor
-    from .images import is_image_name
+    from ..export import load_predictor
+    from ..images import is_image_name
 
     paths = []
     for item in list(args.images) + ([args.batch] if args.batch else []):
@@ -204,10 +204,9 @@ def cmd_predict(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    app = Path(__file__).resolve().parent.parent / "app.py"
-    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.address,
-               "--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
-    return subprocess.call(command)
+    from .ui import streamlit_command
+
+    return subprocess.call(streamlit_command(args.address, args.port))
 
 
 class _Progress:
@@ -254,14 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from .backbones import BackboneError
-    from .dataset import DataError
-    from .images import ImageError
-
     try:
         return args.handler(args)
-    except (UserError, DataError, ImageError, BackboneError, ValueError, FileNotFoundError,
-            FileExistsError) as error:
+    # DataError, ImageError, BackboneError and ModelFileError are ValueErrors (naming them would import torch here)
+    except (UserError, ValueError, FileNotFoundError, FileExistsError) as error:
         if args.verbose:
             raise
         print(f"fsl-app {args.command}: error: {error}", file=sys.stderr)
@@ -269,7 +264,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Shared by predict.py and predict_onnx.py inside an fsl_app bundle: model files checked against config.json, and
+images loaded the way fsl_app loads them. Needs numpy and pillow only.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+CHECKSUMMED_FILES = ("model.safetensors", "model.onnx")  # the sha256 of each is in config.json["files"]
+
+
+class BundleError(Exception):
+    """The bundle is incomplete or was modified; the message says how to get a good one."""
+
+
+def read_config(folder: Path) -> dict:
+    return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+
+
+def read_checked(folder: Path, name: str) -> bytes:
+    """The bytes of ``folder / name`` (a model file), only if their sha256 is the one config.json records."""
+    files = read_config(folder).get("files")
+    missing = [n for n in CHECKSUMMED_FILES if not (isinstance(files, dict) and isinstance(files.get(n), str))]
+    if missing:
+        raise BundleError(f"{folder}: config.json records no checksums for {' and '.join(missing)}, so its weights "
+                          "cannot be trusted (the bundle was edited). Re-export it with `fsl-app export RUN_DIR "
+                          "--format bundle`.")
+    data = (folder / name).read_bytes()
+    if hashlib.sha256(data).hexdigest() != files[name]:
+        raise BundleError(f"{folder}: {name} was modified after export (its sha256 differs from the one in "
+                          "config.json). Re-export the bundle with `fsl-app export RUN_DIR --format bundle`.")
+    return data
+
+
+def load_rgb(path) -> Image.Image:
+    """An RGB image as fsl_app sees it: EXIF orientation applied, 16/32-bit mapped to 8 bits, alpha over white."""
+    image = Image.open(path)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block: keep the stored orientation
+        image.load()
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):  # 16/32-bit: map the full range, as fsl_app does
+        array = np.asarray(image, dtype=np.float64)
+        low, high = _value_range(image.mode, array)
+        array = np.clip((array - low) / ((high - low) or 1.0) * 255 + 0.5, 0, 255).astype(np.uint8)
+        image = Image.fromarray(array, mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:  # alpha over white, as fsl_app does
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def _value_range(mode: str, array: np.ndarray) -> tuple[float, float]:
+    """The values that map to black and white: the 16-bit range for 16-bit data (also when stored as 32-bit)."""
+    low, high = float(array.min()), float(array.max())
+    if mode.startswith("I;16") or (mode == "I" and low >= 0 and 255 < high <= 65535):
+        return 0.0, 65535.0
+    return low, high

@@ -1,0 +1,64 @@
+"""Classify images with this bundle, without fsl_app: python predict.py IMAGE [IMAGE ...]
+
+Needs only torch and timm (pip install torch timm). Prints a JSON list, one object per image, like
+`fsl-app predict --json`; below the threshold in config.json an image is labeled "unknown". Refuses to run when
+model.safetensors does not match the sha256 that config.json records.
+"""
+import json
+import sys
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # bundle_io.py ships beside this script
+from bundle_io import BundleError, load_rgb, read_checked, read_config  # noqa: E402
+
+
+def backbone(config, state):
+    """The timm model: (n, 3, H, W) -> features (n, d), or logits (n, C) for head kind "timm" (fine-tuned)."""
+    head = config["head"]
+    classes = head["n_classes"] if head["kind"] == "timm" else 0
+    model = timm.create_model(config["backbone"]["name"], num_classes=classes)
+    model.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
+    return model.eval()
+
+
+def head(x, spec, state):
+    """fsl_app's head, features (n, d) -> logits (n, C): CL2N/L2 normalization, then linear or RBF-kernel layer."""
+    if spec["kind"] == "timm":
+        return x
+    if spec["normalizer"]["subtract_center"]:
+        x = x - state["head.normalizer.center"]
+    if spec["normalizer"]["l2"]:
+        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    if spec["kind"] == "linear":
+        return torch.nn.functional.linear(x, state["head.linear.weight"], state["head.linear.bias"])
+    support = state["head.support"]
+    squared = (x * x).sum(1, keepdim=True) - 2 * x @ support.T + (support ** 2).sum(1)[None, :]
+    return torch.exp(-spec["gamma"] * squared.clamp_min(0)) @ state["head.coef"] + state["head.intercept"]
+
+
+def main(paths, top_k=3):
+    config = read_config(HERE)
+    state = load(read_checked(HERE, "model.safetensors"))  # backbone.* (timm model) and head.* (fsl_app head)
+    model, transform = backbone(config, state), timm.data.create_transform(**config["preprocessing"])
+    classes, threshold, results = config["classes"], config["threshold"], []
+    for path in paths:
+        with torch.inference_mode():
+            proba = torch.softmax(head(model(transform(load_rgb(path))[None]), config["head"], state).float(), 1)[0]
+        values, indices = proba.topk(min(top_k, len(classes)))
+        top = [{"label": classes[i], "probability": float(v)} for v, i in zip(values.tolist(), indices.tolist())]
+        rejected = threshold is not None and top[0]["probability"] < threshold
+        results.append({"image": path, "label": "unknown" if rejected else top[0]["label"],
+                        "probability": top[0]["probability"], "top_k": top})
+    print(json.dumps(results, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except BundleError as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,188 @@
+"""Predict with a run folder or any export: top-k labels per image, "unknown" below the export's threshold.
+
+Loading never unpickles arbitrary code: bundles are safetensors + JSON, TorchScript archives are opened with
+``torch.jit.load`` only after their ``fsl_app.json`` extra file was found and checked, ONNX files must carry fsl_app
+metadata. Every loaded model must answer one blank image with one logit per class its metadata names.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from ..images import ImageError, load_image
+from .bundle_reader import load_bundle
+from .formats import UNKNOWN_LABEL, ModelFileError
+from .metadata import check_export_info, first_line, info_from_onnx_metadata, read_torchscript_info
+
+__all__ = ["Predictor", "RunPredictor", "OnnxPredictor", "TorchScriptPredictor", "BundlePredictor",
+           "PREDICTORS_BY_SUFFIX", "load_predictor"]
+
+
+class Predictor:
+    """Top-k predictions from preprocessed batches; subclasses provide ``logits(batch (n,3,H,W)) -> (n, C)``.
+
+    With a ``threshold``, an image whose top probability is below it is labeled ``"unknown"``.
+    """
+
+    def __init__(self, classes: list[str], data_config: dict, threshold: float | None = None):
+        self.classes = list(classes)
+        self.data_config = data_config
+        self.threshold = threshold
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict_proba_images(self, images) -> torch.Tensor:
+        """Probabilities (n, C) of PIL images, preprocessed with timm's eval transform of ``data_config``."""
+        from ..features import images_to_batch
+
+        return torch.softmax(self.logits(images_to_batch(images, self.data_config)).float(), dim=1)
+
+    def predict_paths(self, paths: Sequence[Path], *, top_k: int = 3, progress: bool = False,
+                      batch_size: int = 32) -> list[dict]:
+        """One dict per image: image, label, probability, top_k [{label, probability}] (or error)."""
+        from tqdm.auto import tqdm
+
+        results: list[dict] = []
+        bar = tqdm(total=len(paths), disable=not progress, desc="predict", unit="img", leave=False)
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            loaded, good = [], []
+            for path in chunk:
+                try:
+                    loaded.append(load_image(path))
+                    good.append(path)
+                except ImageError as error:
+                    results.append({"image": str(path), "error": str(error)})
+            if loaded:
+                proba = self.predict_proba_images(loaded)
+                results.extend(self._describe(str(path), row, top_k) for path, row in zip(good, proba))
+            bar.update(len(chunk))
+        bar.close()
+        order = {str(p): i for i, p in enumerate(paths)}
+        return sorted(results, key=lambda item: order[item["image"]])
+
+    def _describe(self, image: str, probabilities: torch.Tensor, top_k: int) -> dict:
+        values, indices = probabilities.topk(min(top_k, len(self.classes)))
+        top = [{"label": self.classes[i], "probability": float(v)} for v, i in zip(values.tolist(), indices.tolist())]
+        rejected = self.threshold is not None and top[0]["probability"] < self.threshold
+        return {"image": image, "label": UNKNOWN_LABEL if rejected else top[0]["label"],
+                "probability": top[0]["probability"], "top_k": top}
+
+
+class RunPredictor(Predictor):
+    """Predictions with the fitted strategy of a run folder (no rejection threshold)."""
+
+    def __init__(self, run_dir: str | Path):
+        from ..runs import load_run
+
+        strategy, backbone = load_run(run_dir)
+        super().__init__(strategy.classes_, backbone.data_config)
+        self.module = strategy.to_module().eval()
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(batch)
+
+
+class OnnxPredictor(Predictor):
+    """An ``.onnx`` written by ``fsl-app export``, run by ONNX Runtime on the CPU."""
+
+    def __init__(self, path: str | Path):
+        from ..onnx_engine import OnnxBackbone
+
+        path = Path(path)
+        session = _open_onnx_session(path)
+        info = check_export_info(info_from_onnx_metadata(session.get_modelmeta().custom_metadata_map), path)
+        super().__init__(info["classes"], info["preprocessing"], info.get("threshold"))
+        self.info = info
+        self._run = OnnxBackbone(session)  # generic (n, 3, H, W) -> first output callable
+        _check_model_answers(self, path)
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._run(batch)
+
+
+class TorchScriptPredictor(Predictor):
+    """A traced ``.pt`` written by ``fsl-app export``; its ``fsl_app.json`` is checked before ``torch.jit.load``."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        info = check_export_info(read_torchscript_info(path), path)
+        super().__init__(info["classes"], info["preprocessing"], info.get("threshold"))
+        self.info = info
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in recent torch
+                self.module = torch.jit.load(str(path), map_location="cpu").eval()
+        except Exception as error:  # noqa: BLE001 - any decoding failure is the same user-facing problem
+            raise ModelFileError(f"{path} cannot be loaded as TorchScript ({error}). Re-export it with "
+                                 "`fsl-app export RUN_DIR --format torchscript`.") from error
+        _check_model_answers(self, path)
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(batch)
+
+
+class BundlePredictor(Predictor):
+    """A bundle ``.zip`` (or its unzipped folder): safetensors weights rebuilt onto timm + fsl_app's head."""
+
+    def __init__(self, path: str | Path):
+        self.module, info = load_bundle(path)
+        super().__init__(info["classes"], info["preprocessing"], info.get("threshold"))
+        self.info = info
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(batch)
+
+
+PREDICTORS_BY_SUFFIX: dict[str, Callable[[Path], Predictor]] = {
+    ".onnx": OnnxPredictor, ".pt": TorchScriptPredictor, ".ts": TorchScriptPredictor, ".zip": BundlePredictor}
+
+
+def load_predictor(path: str | Path) -> Predictor:
+    """A predictor for a run folder, an unzipped bundle folder, or a ``.onnx`` / ``.pt`` / ``.ts`` / ``.zip`` export."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist. Pass a run folder or a file written by `fsl-app export`.")
+    if path.is_dir():
+        if not (path / "model.json").is_file() and (path / "config.json").is_file() \
+                and (path / "model.safetensors").is_file():
+            return BundlePredictor(path)
+        return RunPredictor(path)
+    loader = PREDICTORS_BY_SUFFIX.get(path.suffix.lower())
+    if loader is None:
+        raise ValueError(f"{path.name}: unknown model format {path.suffix or '(no suffix)'!r}. Pass a run folder, "
+                         f"or a {', '.join(PREDICTORS_BY_SUFFIX)} file written by `fsl-app export`.")
+    return loader(path)
+
+
+def _check_model_answers(predictor: Predictor, path: Path) -> None:
+    """One blank image of the metadata's input size must give one logit per class named in the metadata."""
+    blank = torch.zeros(1, *predictor.data_config["input_size"])
+    try:
+        logits = predictor.logits(blank)
+    except Exception as error:  # noqa: BLE001 - the runtimes raise many types for a model that does not fit
+        raise ModelFileError(f"{path}: the model does not accept the input size in its metadata "
+                             f"{tuple(blank.shape)} ({first_line(error)}). The file was modified; re-export it with "
+                             "`fsl-app export`.") from error
+    if logits.ndim != 2 or logits.shape[1] != len(predictor.classes):
+        raise ModelFileError(f"{path}: the model outputs {tuple(logits.shape)} for one image but its metadata names "
+                             f"{len(predictor.classes)} classes. The file was modified; re-export it with `fsl-app "
+                             "export`.")
+
+
+def _open_onnx_session(path: Path):
+    from ..onnx_engine import cpu_session
+
+    try:
+        return cpu_session(path)
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises several types for a bad file
+        raise ModelFileError(f"{path} cannot be read as an ONNX model ({first_line(error)}). Pass "
+                             "a .onnx written by `fsl-app export RUN_DIR --format onnx`.") from error
