@@ -16,7 +16,7 @@ import pytest
 
 from conftest import make_digits_folder
 from fsl_app import comparison
-from fsl_app.compare_cli import EXIT_NOTHING_TO_COMPARE, add_compare_command
+from fsl_app.cli.compare import EXIT_NOTHING_TO_COMPARE, add_compare_command
 from fsl_app.comparison import (comparability_key, compare_runs, estimate_seconds, group_comparable, mcnemar_exact,
                                 paired_bootstrap_interval, paired_difference, plan_comparison, recommend,
                                 shared_protocol)

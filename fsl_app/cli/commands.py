@@ -4,6 +4,7 @@
     fsl-app evaluate DATA_DIR --strategy NAME --n-way N --k-shot K [--queries Q] [--episodes E] [--json]
     fsl-app export RUN_DIR --format onnx|torchscript|bundle --out PATH
     fsl-app predict MODEL_PATH IMAGE_OR_DIR... [--json]
+    fsl-app compare RUN_DIR... [--json] [--seed N]
     fsl-app ui
 
 DATA_DIR is an ImageFolder tree (one sub-folder per class) or the name of a project in the store.
@@ -91,12 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(commands) -> None:
-    """Commands defined in their own modules of this package (export; project and suggest)."""
+    """Commands defined in their own modules of this package (export; project and suggest; compare)."""
+    from .compare import add_compare_command
     from .export import add_export_command
     from .store import add_store_commands
 
     add_export_command(commands)
     add_store_commands(commands)
+    add_compare_command(commands)
 
 
 def _resolve_images(data: str, home: str | None):

@@ -24,7 +24,7 @@ def add_compare_command(commands) -> None:
 
 
 def cmd_compare(args) -> int:
-    from .comparison import compare_runs
+    from ..comparison import compare_runs
 
     runs, unreadable = read_runs(args.run_dirs)
     comparison = compare_runs(runs, seed=args.seed)
@@ -38,7 +38,7 @@ def cmd_compare(args) -> int:
 
 def read_runs(run_dirs: list[str]) -> tuple[list[dict], list[dict]]:
     """(run dicts, [{"run", "run_dir", "reason"}] for the folders that are not runs)."""
-    from .runs import read_run
+    from ..runs import read_run
 
     runs, unreadable = [], []
     for run_dir in run_dirs:
