@@ -6,7 +6,7 @@ from fsl_app import augment, inspect_run, projection, run_tables, training_job
 from fsl_app.evaluation import PROTOCOL_LABELS
 from fsl_app.runs import read_run
 from fsl_app.strategies import list_strategies
-from fsl_app.views import _charts, _nav, _shared
+from fsl_app.views import _charts, _compare_panel, _nav, _shared
 
 MAX_SIDE_BY_SIDE = 3
 MISTAKES_SHOWN = 24
@@ -125,13 +125,14 @@ if not runs:
     st.info("No finished run yet. Train one first.")
     _nav.link(_nav.TRAIN, "Go to Train")
     st.stop()
+names = {image.sha256: image.source_name for image in project.images()}  # run folders know content paths only
 runs_table(runs)
+_compare_panel.comparison_section(runs, names)
 evaluate_all(project, runs)
 by_name = {run["name"]: run for run in runs}
 chosen = st.multiselect("Runs to compare", list(by_name), default=list(by_name)[:2],
                         format_func=lambda name: run_tables.run_label(by_name[name]), key="compare-runs")
 selected = [by_name[name] for name in chosen]
-names = {image.sha256: image.source_name for image in project.images()}  # run folders know content paths only
 if selected:
     curves(selected)
     confusion_matrices(selected)
