@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fsl_app.auth import AuthError, UiLaunch, ui_launch_settings
+from fsl_app.auth import DEFAULT_ADDRESS, PASSWORD_ENV, AuthError, UiLaunch, ui_launch_settings
 
 APP_PATH = Path(__file__).resolve().parent / "app.py"
 DEFAULT_PORT = 8501
@@ -57,3 +57,21 @@ def launch_ui(app_path: str | os.PathLike = APP_PATH, *, port: int = DEFAULT_POR
     if invocation.launch.auth:
         print("The studio asks for the password before showing any page.", file=sys.stderr)
     return subprocess.call(invocation.command, env=invocation.launch.env)
+
+
+def add_ui_arguments(parser) -> None:
+    """The options of `fsl-app ui` on an argparse (sub)parser, with ``ui_command`` as its handler."""
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--address", default=DEFAULT_ADDRESS,
+                        help="address to listen on (default 127.0.0.1); any other than loopback needs a password")
+    parser.add_argument("--password-file", metavar="FILE",
+                        help=f"file holding the password (one line, chmod 600); or set {PASSWORD_ENV}. With a "
+                             f"password the studio asks for it before showing any page, on any address")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="serve on a non-loopback address without a password, on purpose (prints a warning)")
+    parser.set_defaults(handler=ui_command)
+
+
+def ui_command(args) -> int:
+    """`fsl-app ui`: ``launch_ui`` with the options of ``add_ui_arguments``."""
+    return launch_ui(port=args.port, address=args.address, password_file=args.password_file, no_auth=args.no_auth)
