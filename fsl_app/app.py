@@ -3,7 +3,7 @@ navigation over the views in ``fsl_app/views/``."""
 
 import streamlit as st
 
-from fsl_app.views import _nav, _shared
+from fsl_app.views import _auth, _nav, _shared
 
 PICKER_KEY = "project-picker"
 
@@ -29,6 +29,7 @@ def project_sidebar() -> None:
 
 
 st.set_page_config(page_title="fsl_app studio", page_icon=":material/photo_library:", layout="wide")
+_auth.require_login()
 page = st.navigation(_nav.pages())
 project_sidebar()
 page.run()

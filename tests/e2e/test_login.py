@@ -1,0 +1,80 @@
+"""The password gate in a real browser: the studio started the way `fsl-app ui --password-file FILE` starts it
+(fsl_app.ui_launch, so only the password's hash reaches streamlit) shows nothing but the login form, refuses a wrong
+password, and opens the Home page for the right one, with Streamlit's XSRF cookie set."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from test_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, VIEWPORT, free_port, wait_for_health
+
+from fsl_app import auth, ui_launch
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "browser test password 42"
+UI_TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def protected_server(tmp_path_factory):
+    """The studio on 127.0.0.1 with a password file (the gate applies on loopback too when a secret is set)."""
+    if not CHROMIUM.is_file():
+        pytest.skip("the browser test needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="the browser test needs the playwright Python package")
+    folder = tmp_path_factory.mktemp("e2e-login")
+    password_file = folder / "password"
+    password_file.write_text(SECRET + "\n")
+    password_file.chmod(0o600)
+    env = {**os.environ, "FSL_APP_HOME": str(folder / "home"), "FSL_APP_TEST_BACKBONES": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop(auth.PASSWORD_ENV, None)
+    port = free_port()
+    invocation = ui_launch.ui_invocation(port=port, address="127.0.0.1", password_file=password_file, env=env,
+                                         extra_args=["--server.headless", "true", "--server.fileWatcherType", "none"])
+    assert invocation.launch.auth and SECRET not in " ".join(invocation.command)
+    log = folder / "streamlit.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(invocation.command, cwd=ROOT, env=invocation.launch.env, stdout=output,
+                                   stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def test_log_in_then_see_the_home_page(protected_server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport=VIEWPORT)
+        page = context.new_page()
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        try:
+            page.goto(protected_server)
+            password = page.get_by_label("Password", exact=True)
+            password.wait_for()
+            assert page.get_by_text("Few-shot image classification studio").count() == 0
+            assert page.locator('[data-testid="stSidebarNav"]').count() == 0
+
+            password.fill("wrong password")
+            page.get_by_role("button", name="Log in").click()
+            page.get_by_text("Wrong password.").wait_for()
+
+            password.fill(SECRET)
+            page.get_by_role("button", name="Log in").click()
+            page.get_by_text("Few-shot image classification studio").first.wait_for()
+            page.get_by_role("button", name="Log out").wait_for()
+            assert "_streamlit_xsrf" in {cookie["name"] for cookie in context.cookies()}
+        finally:
+            context.close()
+            browser.close()
