@@ -1,4 +1,4 @@
-"""The studio's exposure rules (fsl_app.auth) and its launcher (fsl_app.ui_launch): loopback detection, refusing a
+"""The studio's exposure rules (fsl_app.auth) and its launcher (fsl_app.cli.ui): loopback detection, refusing a
 network address without a password, the password file, the hash and its constant-time check, the login back-off."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fsl_app import auth, ui_launch
+from fsl_app import auth
+from fsl_app.cli import ui as ui_launch
 from fsl_app.auth import AuthError, BackoffPolicy, LoginLimiter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,9 +244,8 @@ def test_streamlit_command_keeps_xsrf_protection_on_and_the_secret_off_the_comma
     command = invocation.command
     assert command[:4] == [sys.executable, "-m", "streamlit", "run"]
     assert Path(command[4]) == ROOT / "fsl_app" / "app.py"
-    assert command[command.index("--server.enableXsrfProtection") + 1] == "true"
-    assert command[command.index("--server.address") + 1] == "0.0.0.0"
-    assert command[command.index("--server.port") + 1] == "8600"
+    assert "--server.enableXsrfProtection=true" in command
+    assert "--server.address=0.0.0.0" in command and "--server.port=8600" in command
     assert not any(SECRET in argument for argument in command)
 
 
@@ -257,7 +257,7 @@ def test_extra_arguments_cannot_bypass_the_launch_rules(argument):
 
 
 def test_the_config_file_does_not_turn_xsrf_protection_off():
-    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    config = tomllib.loads((ROOT / "fsl_app" / ".streamlit" / "config.toml").read_text())
     assert config.get("server", {}).get("enableXsrfProtection", True) is True
 
 
@@ -288,7 +288,7 @@ def test_ui_arguments_reach_the_launcher(monkeypatch, password_file):
     args = parser.parse_args(["--address", "0.0.0.0", "--port", "8777", "--password-file", str(password_file)])
     assert args.handler(args) == 0
     (command, env), = started
-    assert command[command.index("--server.port") + 1] == "8777"
+    assert "--server.port=8777" in command
     assert auth.check_secret(SECRET, env[auth.PASSWORD_HASH_ENV])
     defaults = parser.parse_args([])
     assert (defaults.address, defaults.port, defaults.password_file, defaults.no_auth) == ("127.0.0.1", 8501, None,

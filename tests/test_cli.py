@@ -275,7 +275,7 @@ def test_ui_runs_the_packaged_app_with_the_packaged_streamlit_settings(tmp_path)
     import fsl_app
     from fsl_app.cli.ui import streamlit_command
 
-    command = streamlit_command("127.0.0.1", 8765)
+    command = streamlit_command(port=8765, address="127.0.0.1")
     package = Path(fsl_app.__file__).parent
     assert command[1:4] == ["-m", "streamlit", "run"] and Path(command[4]) == package / "app.py"
     assert Path(command[4]).is_file()

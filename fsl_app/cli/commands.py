@@ -5,7 +5,7 @@
     fsl-app export RUN_DIR --format onnx|torchscript|bundle --out PATH
     fsl-app predict MODEL_PATH IMAGE_OR_DIR... [--json]
     fsl-app compare RUN_DIR... [--json] [--seed N]
-    fsl-app ui
+    fsl-app ui [--port N] [--address A] [--password-file FILE] [--no-auth]
 
 DATA_DIR is an ImageFolder tree (one sub-folder per class) or the name of a project in the store.
 """
@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from .. import DEFAULT_BACKBONE
+from .ui import add_ui_arguments
 
 EXIT_USAGE = 2
 
@@ -82,10 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(handler=cmd_predict)
 
-    ui = commands.add_parser("ui", help="start the Streamlit studio (the app shipped in the package)")
-    ui.add_argument("--port", type=int, default=8501)
-    ui.add_argument("--address", default="127.0.0.1")
-    ui.set_defaults(handler=cmd_ui)
+    ui = commands.add_parser("ui", help="start the Streamlit studio (a password is required off loopback)")
+    add_ui_arguments(ui)
 
     _add_optional_commands(commands)
     return parser
@@ -204,12 +202,6 @@ def cmd_predict(args) -> int:
             print(f"{item['image']}: {item['label']} ({item['probability']:.2f})"
                   + (f"  [{alternatives}]" if alternatives else ""))
     return 0 if all("error" not in item for item in results) else 1
-
-
-def cmd_ui(args) -> int:
-    from .ui import streamlit_command
-
-    return subprocess.call(streamlit_command(args.address, args.port))
 
 
 class _Progress:

@@ -10,7 +10,8 @@ import subprocess
 import pytest
 from test_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, VIEWPORT, free_port, wait_for_health
 
-from fsl_app import auth, ui_launch
+from fsl_app import auth
+from fsl_app.cli import ui as ui_launch
 
 pytestmark = pytest.mark.e2e
 
@@ -31,8 +32,7 @@ def protected_server(tmp_path_factory):
     env = {**os.environ, "FSL_APP_HOME": str(folder / "home"), "FSL_APP_TEST_BACKBONES": "1", "HF_HUB_OFFLINE": "1"}
     env.pop(auth.PASSWORD_ENV, None)
     port = free_port()
-    invocation = ui_launch.ui_invocation(port=port, address="127.0.0.1", password_file=password_file, env=env,
-                                         extra_args=["--server.headless", "true", "--server.fileWatcherType", "none"])
+    invocation = ui_launch.ui_invocation(port=port, address="127.0.0.1", password_file=password_file, env=env)
     assert invocation.launch.auth and SECRET not in " ".join(invocation.command)
     log = folder / "streamlit.log"
     with open(log, "wb") as output:
