@@ -59,7 +59,8 @@ def _single_threaded(function):
 
 
 def _check_features(features: torch.Tensor, role: str, *, min_rows: int = 0) -> torch.Tensor:
-    """Validated (n, d) float64 copy; ``role`` names the argument in errors."""
+    """Validated (n, d) floating-point features, not copied (callers convert subsamples and chunks to float64);
+    ``role`` names the argument in errors."""
     if not isinstance(features, torch.Tensor):
         features = torch.as_tensor(np.asarray(features))
     if features.ndim != 2:
@@ -67,11 +68,12 @@ def _check_features(features: torch.Tensor, role: str, *, min_rows: int = 0) -> 
                         f"{tuple(features.shape)}.")
     if len(features) < min_rows:
         raise DataError(f"{role} needs at least {min_rows} images, got {len(features)}. Add images to it.")
-    if not torch.isfinite(features).all():
-        bad = int((~torch.isfinite(features)).any(dim=1).sum())
+    features = features.detach() if features.is_floating_point() else features.float()
+    bad = sum(int((~torch.isfinite(chunk)).any(dim=1).sum()) for chunk in features.split(_RANK_CHUNK))
+    if bad:
         raise DataError(f"{role} features hold NaN or infinite values in {bad} image(s). Re-extract the features "
                         "(clear the feature cache) or drop those images.")
-    return features.detach().to(torch.float64)
+    return features
 
 
 def _check_same_dimension(first: torch.Tensor, second: torch.Tensor) -> None:
@@ -131,8 +133,8 @@ def detect_shift(reference: torch.Tensor, target: torch.Tensor, *, alpha: float 
     target = _check_features(target, "the target set (pool or folder to predict)", min_rows=2)
     _check_same_dimension(reference, target)
     generator = torch.Generator().manual_seed(seed)
-    tested_reference = _subsample(reference, max_points, generator)
-    tested_target = _subsample(target, max_points, generator)
+    tested_reference = _subsample(reference, max_points, generator).double()
+    tested_target = _subsample(target, max_points, generator).double()
     kernel, bandwidth = _rbf_kernel(torch.cat([tested_reference, tested_target]))
     n = len(tested_reference)
     mmd2 = _unbiased_mmd2(kernel, n)
@@ -199,12 +201,13 @@ def rank_furthest(reference: torch.Tensor, target: torch.Tensor, *, count: int =
     reference = _check_features(reference, "the reference (labeled) set", min_rows=2)
     target = _check_features(target, "the target set (pool or folder to predict)", min_rows=1)
     _check_same_dimension(reference, target)
+    reference = reference.double()
     k = max(1, min(k_neighbors, len(reference) - 1))
     own = torch.cdist(reference, reference)
     own.fill_diagonal_(float("inf"))
     typical = float(own.topk(k, dim=1, largest=False).values.mean(dim=1).median())
     scale = typical if typical > 0 else 1.0
-    scores = torch.cat([torch.cdist(chunk, reference).topk(k, dim=1, largest=False).values.mean(dim=1)
+    scores = torch.cat([torch.cdist(chunk.double(), reference).topk(k, dim=1, largest=False).values.mean(dim=1)
                         for chunk in target.split(_RANK_CHUNK)]) / scale
     top = scores.topk(min(count, len(scores)))
     return top.indices.tolist(), [round(float(s), 4) for s in top.values]
@@ -236,8 +239,8 @@ class DomainStatistics:
            seed: int = 0) -> "DomainStatistics":
         """Statistics of (n, d) features: the mean of all n, the covariance of at most ``max_points`` of them."""
         features = _check_features(features, "the domain", min_rows=1)
-        mean = features.mean(dim=0)
-        sample = _subsample(features, max_points, torch.Generator().manual_seed(seed))
+        mean = features.mean(dim=0, dtype=torch.float64)
+        sample = _subsample(features, max_points, torch.Generator().manual_seed(seed)).double()
         centered = sample - sample.mean(dim=0)
         _, singular, basis = torch.linalg.svd(centered, full_matrices=False)
         variances = singular.square() / len(sample)  # maximum-likelihood covariance, as Ledoit-Wolf assumes
@@ -333,12 +336,10 @@ class Alignment:
     message: str = ""
 
     def apply(self, features: torch.Tensor) -> torch.Tensor:
-        """Aligned copy of target features (n, d), float32."""
+        """Aligned copy of target features (n, d), float32, computed by :meth:`to_module`'s module."""
         features = _check_features(features, "the features to align")
-        centered = features - self.target_mean.double()
-        if self.matrix.numel():
-            centered = centered @ self.matrix.double()
-        return (centered + self.source_mean.double()).float()
+        with torch.no_grad():
+            return self.to_module()(features.float())
 
     def to_module(self) -> AlignmentModule:
         return AlignmentModule(self.target_mean, self.matrix, self.source_mean).eval()
@@ -358,7 +359,7 @@ def identity_alignment(dimension: int, message: str = "") -> Alignment:
 
 @_single_threaded
 def fit_alignment(source: torch.Tensor | DomainStatistics, target: torch.Tensor | DomainStatistics, *,
-                  method: str = "coral", shrinkage: float | str = "auto") -> Alignment:
+                  method: str = "center", shrinkage: float | str = "auto") -> Alignment:
     """Fit the map of target features onto source features (``method`` in :data:`ALIGN_METHODS`).
 
     ``source`` / ``target``: features (n, d) or their :class:`DomainStatistics`. ``shrinkage``: "auto" (each
@@ -374,10 +375,11 @@ def fit_alignment(source: torch.Tensor | DomainStatistics, target: torch.Tensor 
     dimension = _common_dimension(source_stats, target_stats)
     if method == "none":
         return identity_alignment(dimension)
-    for stats, role in ((source_stats, "labeled set"), (target_stats, "target pool")):
+    for stats, role, fix in ((source_stats, "labeled set", "Label more images"),
+                             (target_stats, "target pool", "Add unlabeled images to the pool")):
         if stats.count < 2:
             return identity_alignment(dimension, f"no {method} alignment: the {role} has {stats.count} image(s); "
-                                                 "it needs at least 2. Add unlabeled images to the pool.")
+                                                 f"it needs at least 2. {fix}.")
     alignment = Alignment(method="center", source_mean=source_stats.mean.float(),
                           target_mean=target_stats.mean.float(), matrix=torch.empty(0, 0),
                           n_source=source_stats.count, n_target=target_stats.count)

@@ -120,17 +120,35 @@ def test_centering_moves_the_target_mean_onto_the_source_mean():
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace")  # export's TorchScript format still traces
 @pytest.mark.parametrize("method", ["none", "center", "coral"])
-def test_the_module_computes_what_apply_computes(method):
+def test_the_module_and_apply_compute_the_documented_affine_map(method):
     source, target = gaussian(30, 16, 0, shift=1.0), gaussian(40, 16, 1)
     alignment = fit_alignment(source, target, method=method)
     module = alignment.to_module()
     assert isinstance(module, AlignmentModule)
     queries = gaussian(7, 16, 2)
+    matrix = alignment.matrix.double() if alignment.matrix.numel() else torch.eye(16, dtype=torch.float64)
+    expected = ((queries.double() - alignment.target_mean.double()) @ matrix + alignment.source_mean.double()).float()
     with torch.no_grad():
-        assert torch.allclose(module(queries), alignment.apply(queries), atol=1e-5)
+        assert torch.allclose(module(queries), expected, atol=1e-5)
+        assert torch.allclose(alignment.apply(queries), expected, atol=1e-5)
         traced = torch.jit.trace(module, queries)
-        assert torch.allclose(traced(queries), alignment.apply(queries), atol=1e-5)
+        assert torch.allclose(traced(queries), expected, atol=1e-5)
     assert set(module.state_dict()) == {"target_mean", "matrix", "source_mean"}
+
+
+def test_the_coral_matrix_is_the_inverse_root_of_the_target_covariance_times_the_root_of_the_source_one():
+    source = gaussian(30, 12, 0, scales=torch.linspace(0.5, 2.0, 12, dtype=torch.float64))
+    target = gaussian(50, 12, 1, scales=torch.linspace(3.0, 0.2, 12, dtype=torch.float64))
+
+    def shrunk_power(features, power, shrinkage=0.3):
+        covariance = torch.cov(features.double().T, correction=0)
+        shrunk = (1 - shrinkage) * covariance + shrinkage * covariance.trace() / 12 * torch.eye(12, dtype=torch.float64)
+        values, vectors = torch.linalg.eigh(shrunk)
+        return vectors @ torch.diag(values.pow(power)) @ vectors.T
+
+    expected = shrunk_power(target, -0.5) @ shrunk_power(source, 0.5)
+    alignment = fit_alignment(source, target, method="coral", shrinkage=0.3)
+    assert torch.allclose(alignment.matrix.double(), expected, atol=1e-5)
 
 
 def test_precomputed_domain_statistics_give_the_same_alignment():
@@ -157,6 +175,11 @@ def test_a_pool_of_zero_or_one_image_gives_the_identity_with_a_message(pool_size
     assert alignment.method == "none" and "at least 2" in alignment.message
     assert torch.equal(alignment.apply(source), source)
     assert json.loads(json.dumps(alignment.to_dict()))["message"] == alignment.message
+
+
+def test_a_labeled_set_of_one_image_gives_the_identity_with_a_message():
+    alignment = fit_alignment(gaussian(1, 8, 0), gaussian(20, 8, 1), method="center")
+    assert alignment.method == "none" and "Label more images" in alignment.message
 
 
 def test_detection_needs_two_images_per_side():
