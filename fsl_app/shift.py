@@ -335,6 +335,7 @@ class Alignment:
     n_target: int = 0
     message: str = ""
 
+    @_single_threaded
     def apply(self, features: torch.Tensor) -> torch.Tensor:
         """Aligned copy of target features (n, d), float32, computed by :meth:`to_module`'s module."""
         features = _check_features(features, "the features to align")
@@ -370,8 +371,9 @@ def fit_alignment(source: torch.Tensor | DomainStatistics, target: torch.Tensor 
         raise ValueError(f"method must be one of {ALIGN_METHODS}, got {method!r}")
     if shrinkage != "auto" and not (isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1):
         raise ValueError(f"shrinkage must be 'auto' or a number in [0, 1], got {shrinkage!r}")
-    source_stats = _statistics(source, "the source (labeled) set")
-    target_stats = _statistics(target, "the target set (pool)")
+    covariance = method == "coral"
+    source_stats = _statistics(source, "the source (labeled) set", covariance=covariance)
+    target_stats = _statistics(target, "the target set (pool)", covariance=covariance)
     dimension = _common_dimension(source_stats, target_stats)
     if method == "none":
         return identity_alignment(dimension)
@@ -398,15 +400,18 @@ def fit_alignment(source: torch.Tensor | DomainStatistics, target: torch.Tensor 
     return alignment
 
 
-def _statistics(domain: torch.Tensor | DomainStatistics, role: str) -> DomainStatistics:
+def _statistics(domain: torch.Tensor | DomainStatistics, role: str, *, covariance: bool) -> DomainStatistics:
+    """The domain's statistics; without ``covariance`` only the mean and count are filled in (centring needs no
+    more)."""
     if isinstance(domain, DomainStatistics):
         return domain
     features = _check_features(domain, role)
-    if len(features) == 0:
-        return DomainStatistics(mean=torch.zeros(features.shape[1], dtype=torch.float64),
-                                basis=torch.empty(0, features.shape[1], dtype=torch.float64),
-                                variances=torch.empty(0, dtype=torch.float64), ledoit_wolf=0.0, count=0)
-    return DomainStatistics.of(features)
+    if len(features) and covariance:
+        return DomainStatistics.of(features)
+    mean = features.mean(dim=0, dtype=torch.float64) if len(features) else torch.zeros(features.shape[1],
+                                                                                        dtype=torch.float64)
+    return DomainStatistics(mean=mean, basis=torch.empty(0, features.shape[1], dtype=torch.float64),
+                            variances=torch.empty(0, dtype=torch.float64), ledoit_wolf=0.0, count=len(features))
 
 
 def _common_dimension(source: DomainStatistics, target: DomainStatistics) -> int:
