@@ -4,6 +4,8 @@
   0..255, upscaled (bilinear) to 224 x 224 and saved as 3-channel PNG.
 - ``patches``: scikit-image's bundled photographs and textures (no download needed), each cut into a grid of
   non-overlapping square patches; the class is the source image (texture / scene recognition, 16 classes).
+- ``digits-shifted`` / ``patches-sobel``: domain-shift twins of the two sets above (same classes and file
+  names, each image transformed: thickened and inverted digits, Sobel edge maps of the patches), see ``SHIFT_PAIRS``.
 - ``photos``: large JPEGs (default 1600 x 1200) made from the same bundled images, to measure decoding and resizing
   of camera-sized files.
 
@@ -130,3 +132,53 @@ def png224_folder(count: int = 256) -> Path:
             tile.resize((224, 224), Image.Resampling.BICUBIC).save(folder / f"{index:04d}.png")
 
     return _build(f"png224-{count}", write)
+
+
+# --- domain-shift pairs: a second folder with the same class names and file names, each image transformed ---
+
+DIGITS_DILATION_RADIUS = 8  # px at 224 px, where one 8 x 8 source pixel is 28 px wide
+
+
+def _derived_folder(name: str, source: Path, transform) -> Path:
+    """Apply ``transform`` (PIL RGB -> PIL RGB) to every image of ``source``, keeping class folders and file names."""
+
+    def write(root: Path) -> None:
+        for path in sorted(source.glob("*/*.png")):
+            folder = root / path.parent.name
+            folder.mkdir(exist_ok=True)
+            with Image.open(path) as image:
+                transform(image.convert("RGB")).save(folder / path.name)
+
+    return _build(name, write)
+
+
+def digits_shifted_folder(radius: int = DIGITS_DILATION_RADIUS) -> Path:
+    """The ``digits_folder()`` images with thicker strokes (gray dilation, disk of ``radius`` px) and inverted
+    (dark strokes on white): the same ten classes in another "domain", file for file."""
+    from skimage.morphology import dilation, disk
+
+    def thicken_and_invert(image: Image.Image) -> Image.Image:
+        gray = np.asarray(image.convert("L"))
+        thick = dilation(gray, disk(radius))
+        return Image.fromarray((255 - thick).astype(np.uint8), mode="L").convert("RGB")
+
+    return _derived_folder(f"digits-shifted-dilate{radius}-invert", digits_folder(), thicken_and_invert)
+
+
+def patches_edges_folder(patch: int = 64, per_class: int = 40) -> Path:
+    """The ``patches_folder()`` patches replaced by their Sobel edge magnitude (gray, rescaled to 0..255 per patch):
+    the same texture classes seen as edge maps, file for file."""
+    from skimage.filters import sobel
+
+    def edge_map(image: Image.Image) -> Image.Image:
+        edges = sobel(np.asarray(image.convert("L"), dtype=np.float64) / 255.0)
+        scale = max(float(edges.max()), 1e-9)
+        return Image.fromarray(np.round(255 * edges / scale).astype(np.uint8), mode="L").convert("RGB")
+
+    return _derived_folder(f"patches-{patch}-{per_class}-sobel", patches_folder(patch, per_class), edge_map)
+
+
+SHIFT_PAIRS = {  # name: (domain A folder builder, domain B folder builder, description of B)
+    "digits": (digits_folder, digits_shifted_folder, "strokes dilated (disk r=8 px at 224 px) and inverted"),
+    "patches": (patches_folder, patches_edges_folder, "Sobel edge magnitude of the same patches"),
+}

@@ -19,6 +19,7 @@ SECTIONS = [  # (file, script that writes it)
     ("results/finetune_step.md", "bench_finetune_step.py"),
     ("results/easyfsl.md", "bench_easyfsl.py"),
     ("results/fewshot_digits.md", "bench_fewshot_digits.py"),
+    ("results/shift.md", "bench_shift.py"),
     ("results/gpu.md", "bench_gpu.py"),
     ("results_import.md", "bench_import.py"),
     ("results_export.md", "bench_export.py"),
