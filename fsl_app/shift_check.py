@@ -66,16 +66,17 @@ class ShiftCheck:
 
 def missing_images_message(n_labeled: int, n_target: int, target: str = POOL) -> str | None:
     """Why the shift check cannot run on these counts, with what to add; None when it can."""
-    problems = []
+    needs, fixes = [], []
     if n_labeled < MIN_IMAGES_PER_SIDE:
-        problems.append(f"{MIN_IMAGES_PER_SIDE} labeled images (there are {n_labeled})")
+        needs.append(f"{MIN_IMAGES_PER_SIDE} labeled images (there are {n_labeled})")
+        fixes.append("label more images")
     if n_target < MIN_IMAGES_PER_SIDE:
-        problems.append(f"{MIN_IMAGES_PER_SIDE} images in {target} (there are {n_target})")
-    if not problems:
+        needs.append(f"{MIN_IMAGES_PER_SIDE} images in {target} (there are {n_target})")
+        fixes.append("add unlabeled images" if target == POOL else "add images to that folder")
+    if not needs:
         return None
-    return ("The shift check needs at least " + " and ".join(problems) + ". "
-            + ("Label more images" if n_labeled < MIN_IMAGES_PER_SIDE else "Add unlabeled images") + ", then check "
-            "again.")
+    fix = " and ".join(fixes)
+    return f"The shift check needs at least {' and '.join(needs)}: {fix}, then check again."
 
 
 def check_project_shift(project, *, backbone_name: str | None = None, weights: str = "auto",
