@@ -85,7 +85,8 @@ def check_project_shift(project, *, backbone_name: str | None = None, weights: s
     """Test whether the project's labeled images and its unlabeled pool (or the images under ``target_paths``:
     a folder, or image files and folders) come from the same distribution, on frozen backbone features.
 
-    ``backbone_name`` None: the backbone (and weights) of the project's latest run, else the default backbone.
+    ``backbone_name`` None: the backbone (and weights) of the project's latest run, else the default backbone;
+    ``weights`` applies to a named backbone ("auto" means random for timm's tiny test models).
     Fewer than 2 images on a side gives a ShiftCheck without a report whose ``message`` says what to add.
     """
     labeled = project.image_set(labeled_only=True)
@@ -140,12 +141,13 @@ def _pick_backbone(project, name: str | None, weights: str) -> tuple[Backbone, s
         return load_backbone(name, _weights_for(name, weights)), "chosen"
     runs = project_runs(project.path)
     spec = (runs[0]["config"].get("backbone") or {}) if runs else {}
+    origin = "the default backbone"
     if spec.get("name"):
         try:
             return load_backbone(spec["name"], spec.get("weights", "auto")), "the latest run"
-        except BackboneError:  # that run's weights are gone from this machine: any shared backbone will do
-            pass
-    return load_backbone(DEFAULT_BACKBONE, "auto"), "the default backbone"
+        except BackboneError:  # that run's weights are gone from this machine: any one backbone for both sides will do
+            origin += f"; the latest run's {spec['name']} cannot be loaded here"
+    return load_backbone(DEFAULT_BACKBONE, "auto"), origin
 
 
 def _weights_for(name: str, weights: str) -> str:

@@ -154,7 +154,7 @@ def test_stats_shift_prints_the_verdict_and_the_furthest_images(capsys, home, in
     code, out, _ = run_cli(capsys, "project", "stats", "inverted pool", "--home", home, "--shift", "--backbone", TINY)
     assert code == 0
     assert "60 images, 30 labeled, 30 unlabeled" in out
-    assert f"shift (the unlabeled pool vs 30 labeled images, {TINY} features from chosen): shift detected" in out
+    assert f"shift (the unlabeled pool vs 30 labeled images, {TINY} features, chosen): shift detected" in out
     assert out.count("inverted_") == 10
 
 
@@ -181,6 +181,8 @@ def test_stats_shift_against_a_folder(capsys, home, same_project, tmp_path):
 def test_stats_shift_errors_are_one_line(capsys, home, same_project, tmp_path):
     code, _, err = run_cli(capsys, "project", "stats", "same pool", "--home", home, "--backbone", TINY)
     assert code == 1 and "add --shift" in err
+    code, _, err = run_cli(capsys, "project", "stats", "same pool", "--home", home, "--shift", "--weights", "random")
+    assert code == 1 and "--weights needs --backbone" in err
     code, _, err = run_cli(capsys, "project", "stats", "same pool", "--home", home, "--shift", "--backbone",
                            "no_such_net")
     assert code == 1 and err.startswith("error: unknown backbone 'no_such_net'")

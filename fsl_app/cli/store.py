@@ -186,6 +186,8 @@ def _export(args) -> int:
 def _stats(args) -> int:
     if not args.shift and (args.backbone or args.against or args.weights != "auto"):
         raise StoreError("--backbone, --weights and --against only apply to the shift check: add --shift.")
+    if args.weights != "auto" and not args.backbone:
+        raise StoreError("--weights needs --backbone NAME (without it the check uses the latest run's backbone).")
     with open_project(args.project, args.home) as project:
         stats = project.stats()
         shift = _shift_check(project, args) if args.shift else None
@@ -221,12 +223,13 @@ def _print_shift(check) -> None:
     if not check.applicable:
         print(f"shift: {check.message}")
         return
-    print(f"shift ({check.target} vs {check.n_labeled} labeled images, {check.backbone} features from "
+    print(f"shift ({check.target} vs {check.n_labeled} labeled images, {check.backbone} features, "
           f"{check.backbone_origin}): {check.message}")
     if check.furthest:
         print("  furthest from the labeled images (score: distance / typical labeled spacing):")
         for image in check.furthest:
-            print(f"  {image.score:>7.2f}  {image.name}" + (f" (image {image.image_id})" if image.image_id is not None else ""))
+            suffix = f" (image {image.image_id})" if image.image_id is not None else ""
+            print(f"  {image.score:>7.2f}  {image.name}{suffix}")
 
 
 def _rename(args) -> int:
