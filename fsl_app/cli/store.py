@@ -70,6 +70,15 @@ def _add_project_actions(actions, common: argparse.ArgumentParser) -> None:
     stats = actions.add_parser("stats", parents=[common], help="counts per class, duplicates, warnings")
     stats.add_argument("project")
     stats.add_argument("--json", action="store_true")
+    stats.add_argument("--shift", action="store_true",
+                       help="also test whether the unlabeled pool (or --against DIR) looks like the labeled images "
+                            "(extracts features: slower)")
+    stats.add_argument("--backbone", default=None,
+                       help="with --shift: timm backbone for the features (default: the latest run's, else the "
+                            "default backbone)")
+    stats.add_argument("--weights", default="auto", help="with --shift --backbone: auto|random|PATH")
+    stats.add_argument("--against", metavar="DIR", default=None,
+                       help="with --shift: compare the labeled images with this folder of images instead of the pool")
     stats.set_defaults(**_handler(_stats))
 
     rename = actions.add_parser("rename", parents=[common], help="rename a project")
@@ -175,10 +184,16 @@ def _export(args) -> int:
 
 
 def _stats(args) -> int:
+    if not args.shift and (args.backbone or args.against or args.weights != "auto"):
+        raise StoreError("--backbone, --weights and --against only apply to the shift check: add --shift.")
+    if args.weights != "auto" and not args.backbone:
+        raise StoreError("--weights needs --backbone NAME (without it the check uses the latest run's backbone).")
     with open_project(args.project, args.home) as project:
         stats = project.stats()
+        shift = _shift_check(project, args) if args.shift else None
     if args.json:
-        print(json.dumps(stats.as_dict(), ensure_ascii=False, indent=2))
+        data = stats.as_dict() | ({"shift": shift.to_dict()} if shift is not None else {})
+        print(json.dumps(data, ensure_ascii=False, indent=2))
         return 0
     print(f"project {stats.name!r}: {stats.n_images} images, {stats.n_labeled} labeled, {stats.n_unlabeled} unlabeled")
     for name, count in stats.class_counts.items():
@@ -187,7 +202,34 @@ def _stats(args) -> int:
           f"pair(s); near duplicates: {stats.near_duplicate_pairs} pair(s)")
     for warning in stats.warnings:
         print(f"warning: {warning}")
+    if shift is not None:
+        _print_shift(shift)
     return 0
+
+
+def _shift_check(project, args):
+    """The domain-shift check (imports torch: only with --shift, so plain ``stats`` stays instant)."""
+    from ..backbones import BackboneError
+    from ..shift_check import check_project_shift
+
+    try:
+        return check_project_shift(project, backbone_name=args.backbone, weights=args.weights,
+                                   target_paths=args.against)
+    except BackboneError as error:
+        raise DataError(str(error)) from None
+
+
+def _print_shift(check) -> None:
+    if not check.applicable:
+        print(f"shift: {check.message}")
+        return
+    print(f"shift ({check.target} vs {check.n_labeled} labeled images, {check.backbone} features, "
+          f"{check.backbone_origin}): {check.message}")
+    if check.furthest:
+        print("  furthest from the labeled images (score: distance / typical labeled spacing):")
+        for image in check.furthest:
+            suffix = f" (image {image.image_id})" if image.image_id is not None else ""
+            print(f"  {image.score:>7.2f}  {image.name}{suffix}")
 
 
 def _rename(args) -> int:
