@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
 from .. import images as image_io
 from ..images import IMAGE_EXTENSIONS, ImageError, decode_image, is_image_name, read_image_file, sha256_bytes
 from . import _labels
-from .duplicates import perceptual_hash
+from .duplicates import image_signature
 from .errors import ArchiveError, InvalidNameError, StoreError
 from .names import name_key, printable, validate_class_name
 
@@ -204,7 +204,7 @@ class _Importer:
             return None
         image = _decode(data, entry.name)
         return _Pending(name=entry.name, sha256=sha256, ext=Path(entry.name).suffix.lower(), label=label, data=data,
-                        width=image.width, height=image.height, phash=perceptual_hash(image))
+                        width=image.width, height=image.height, phash=image_signature(image))
 
     def _stored(self, sha256: str) -> bool:
         with self.project._read() as conn:
