@@ -116,6 +116,16 @@ class ImageSet:
                             f"Add images to them or remove them.")
 
 
+def training_warnings(images: ImageSet) -> list[str]:
+    """Problems with the labeled images that do not stop training but make its evaluation say less; the fronts
+    show them before training starts."""
+    singles = [name for name, count in images.labeled().class_counts().items() if count == 1]
+    if not singles:
+        return []
+    return [f"class(es) {', '.join(map(repr, singles))} have a single image: it has to stay in training, so they "
+            "will never be tested and the evaluation reports them as untested. Add a second image to each."]
+
+
 def _walk_files(root: Path) -> Iterable[Path]:
     """Every file under ``root``, following symlinked folders (as torchvision's ImageFolder does) but never
     visiting a folder twice (symlink loops), and skipping hidden folders (``.git``, ``.ipynb_checkpoints``)."""
