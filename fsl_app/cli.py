@@ -184,6 +184,7 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from .export import load_predictor
     from .images import is_image_name
+    from .store.names import printable
 
     paths = []
     for item in list(args.images) + ([args.batch] if args.batch else []):
@@ -201,12 +202,12 @@ def cmd_predict(args) -> int:
     else:
         for item in results:
             if "error" in item:
-                print(f"{item['image']}: ERROR {item['error']}")
+                print(printable(f"{item['image']}: ERROR {item['error']}"))
                 continue
             shown = item["top_k"] if item["label"] == "unknown" else item["top_k"][1:]
             alternatives = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in shown)
-            print(f"{item['image']}: {item['label']} ({item['probability']:.2f})"
-                  + (f"  [{alternatives}]" if alternatives else ""))
+            print(printable(f"{item['image']}: {item['label']} ({item['probability']:.2f})"
+                            + (f"  [{alternatives}]" if alternatives else "")))
     return 0 if all("error" not in item for item in results) else 1
 
 

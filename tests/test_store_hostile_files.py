@@ -249,3 +249,17 @@ def test_cli_import_prints_conflicts_and_skipped_entries(home, tmp_path, capsys)
     assert code == 0
     assert "dog/y\\x1b.png" in err and "'cat'" in err and "'dog'" in err and "\x1b" not in out + err
     assert "skipped: .cache" in out
+
+
+def test_cli_predict_escapes_file_names(tmp_path, digits_set, tiny_backbone, capsys):
+    from fsl_app.cli import main
+    from fsl_app.runs import train_run
+    from fsl_app.strategies import create_strategy
+
+    run = train_run(digits_set, create_strategy("protonet"), tiny_backbone, tmp_path / "run").run_dir
+    hostile = tmp_path / "in" / "evil\u202e\x1b[2Jgnp.png"
+    hostile.parent.mkdir()
+    hostile.write_bytes(digits_set[0].path.read_bytes())
+    assert main(["predict", str(run), str(hostile.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "evil\\u202e\\x1b[2Jgnp.png" in out and "\u202e" not in out and "\x1b" not in out
