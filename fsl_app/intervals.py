@@ -55,6 +55,8 @@ def accuracy_interval(accuracy: float, n: int, split_accuracies: Sequence[float]
                       confidence: float = 0.95) -> Interval:
     """The interval to report for ``accuracy`` measured on ``n`` test images: Wilson for one pooled count (one
     hold-out split, leave-one-out), :func:`mean_interval` when several split scores are given."""
+    if not n or accuracy != accuracy:  # nothing tested (NaN accuracy)
+        return 0.0, 1.0
     successes = min(n, max(0, round(accuracy * n)))
     if len(split_accuracies) > 1:
         return mean_interval(split_accuracies, successes, n, confidence)

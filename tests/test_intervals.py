@@ -68,6 +68,7 @@ def test_wilson_refuses_impossible_counts(successes, n):
 
 def test_no_tested_images_is_the_whole_range():
     assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert accuracy_interval(float("nan"), 0) == (0.0, 1.0)
 
 
 def test_mean_interval_is_never_zero_width_from_few_images():
