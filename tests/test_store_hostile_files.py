@@ -135,16 +135,19 @@ def test_unreadable_file_is_reported_and_the_rest_imported(project, tmp_path, mo
                                                       "permissions.")]
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_folder_is_reported(project, tmp_path):
+def test_unreadable_folder_is_reported(project, tmp_path, monkeypatch):
     folder = write_imagefolder(tmp_path / "incoming", {"cat": digit_files(1), "locked": digit_files(1, start=1)})
-    (folder / "locked").chmod(0)
-    try:
-        report = project.import_imagefolder(folder)
-    finally:
-        (folder / "locked").chmod(0o755)
-    assert len(report.added) == 1
-    assert [name for name, _ in report.rejected] == ["locked"]
+    real_scandir = os.scandir
+
+    def deny(path="."):  # what a folder without read permission does (root would ignore a chmod)
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", deny)
+    report = project.import_imagefolder(folder)
+    assert [image.name for image in report.added] == ["cat/digit_0000.png"]
+    assert [name for name, _ in report.rejected] == ["locked"] and "Permission denied" in report.rejected[0][1]
 
 
 @POSIX_SPECIAL_FILES

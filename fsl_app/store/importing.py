@@ -1,7 +1,8 @@
 """Import images into a project from uploads, folders, ImageFolder trees and zip archives.
 
 Every file is all-or-nothing: it is either added (original bytes stored, row inserted, label logged) or listed in the
-report as a duplicate or as rejected with the reason. Files are decoded (:func:`fsl_app.images.decode_image`: size,
+report as a duplicate, as skipped (hidden and system entries) or as rejected with the reason. Only regular files are
+read (:func:`fsl_app.images.read_image_file`). Files are decoded (:func:`fsl_app.images.decode_image`: size,
 pixel and corruption checks), hashed and written to the object store first; their rows are inserted afterwards, in
 batches, each batch one transaction. A crash therefore leaves at worst object files without rows, which
 :meth:`Project.fsck` removes; never a row without its file.
@@ -360,8 +361,9 @@ def _walk_files(root: Path, importer: _Importer) -> Iterator[Path]:
         return Path(path).relative_to(root).as_posix()
 
     def unlistable(error: OSError) -> None:
-        importer.reject(relative(error.filename), f"folder cannot be read ({error.strerror or error}). Check its "
-                                                   "permissions; its images were not imported.")
+        reason = (f"folder cannot be read ({error.strerror or error}). Check its permissions; its images were "
+                  "not imported.")
+        importer.reject(relative(error.filename or root), reason)
 
     for folder, subfolders, files in os.walk(root, followlinks=True, onerror=unlistable):
         real = os.path.realpath(folder)
