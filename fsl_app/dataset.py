@@ -11,7 +11,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -116,27 +116,60 @@ class ImageSet:
                             f"Add images to them or remove them.")
 
 
+def training_warnings(images: ImageSet) -> list[str]:
+    """Problems with the labeled images that do not stop training but make its evaluation say less; the fronts
+    show them before training starts."""
+    singles = [name for name, count in images.labeled().class_counts().items() if count == 1]
+    if not singles:
+        return []
+    return [f"class(es) {', '.join(map(repr, singles))} have a single image: it has to stay in training, so they "
+            "will never be tested and the evaluation reports them as untested. Add a second image to each."]
+
+
 SYSTEM_FILE_NAMES = frozenset({"thumbs.db", "desktop.ini", "__macosx"})  # lower case
+OnSkip = Callable[[Path, str], None] | None
 
 
-def walk_files(root: str | Path) -> Iterator[Path]:
+def walk_files(root: str | Path, *, on_skip: OnSkip = None,
+               on_error: Callable[[OSError], None] | None = None) -> Iterator[Path]:
     """Every file under ``root`` in a stable order, skipping hidden and system files and folders (``.git``,
     ``__MACOSX``, ``Thumbs.db``). Symlinked folders are followed, as torchvision's ImageFolder does, but no folder
-    is visited twice (symlink loops)."""
+    is visited twice (symlink loops). ``on_skip(path, reason)`` hears of every entry left out, ``on_error`` of
+    every folder that cannot be listed."""
     visited: set[str] = set()
-    for folder, subfolders, files in os.walk(root, followlinks=True):
+    for folder, subfolders, files in os.walk(root, followlinks=True, onerror=on_error):
         real = os.path.realpath(folder)
         if real in visited:
             subfolders[:] = []
+            if on_skip:
+                on_skip(Path(folder), "links back to a folder already imported (a symbolic link loop or a second "
+                                      "link to it); its images are imported once.")
             continue
         visited.add(real)
+        for name in sorted(subfolders):
+            if on_skip and is_hidden_or_system(name):
+                on_skip(Path(folder) / name, skip_reason(name, folder=True))
         subfolders[:] = sorted(name for name in subfolders if not is_hidden_or_system(name))
-        yield from (Path(folder) / name for name in sorted(files) if not is_hidden_or_system(name))
+        for name in sorted(files):
+            if not is_hidden_or_system(name):
+                yield Path(folder) / name
+            elif on_skip:
+                on_skip(Path(folder) / name, skip_reason(name, folder=False))
 
 
 def is_hidden_or_system(name: str) -> bool:
     """A dot file or folder, or an operating system's by-product (never an image of the data set)."""
     return name.startswith(".") or name.lower() in SYSTEM_FILE_NAMES
+
+
+def skip_reason(name: str, *, folder: bool) -> str:
+    """Why a hidden or system entry is left out, and how to include it."""
+    kind = "folder" if folder else "file"
+    if name.startswith("."):
+        what = "its images were not imported" if folder else "not imported"
+        return (f"hidden {kind} (the name starts with a dot): {what}. Rename it without the leading dot to "
+                "import it.")
+    return f"system {kind} ({name}) made by the operating system, not an image: not imported."
 
 
 def drop_unreadable(images: ImageSet) -> tuple[ImageSet, list[str]]:

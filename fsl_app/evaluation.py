@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import confusion_matrix, f1_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from .backbones import Backbone
 from .dataset import DataError, ImageSet
 from .features import get_extractor
+from .intervals import accuracy_interval, mean_interval
 from .strategies.base import OnStep, Strategy
 
 PROTOCOL_LABELS = {  # every protocol of evaluate(), with what it does in words (for pickers)
@@ -33,7 +34,13 @@ Progress = Callable[[int, int], None] | None
 
 @dataclass
 class EvaluationReport:
-    """Metrics of one protocol; accuracies are fractions in [0, 1], ``ci95`` is the half-width of the 95% CI."""
+    """Metrics of one protocol; accuracies are fractions in [0, 1].
+
+    ``ci_low``/``ci_high`` is the 95 % interval to show (:func:`fsl_app.intervals.accuracy_interval`, filled in when
+    not given); ``ci95`` is the normal-approximation half-width, kept for compatibility (zero at 0 % and 100 %).
+    Classes without a test image are listed in ``untested_classes``; balanced accuracy and macro F1 then average
+    over the tested classes only (``tested_classes_only``).
+    """
 
     protocol: str
     classes: list[str]
@@ -49,12 +56,22 @@ class EvaluationReport:
     test_indices: list[int] = field(default_factory=list)
     probabilities: list[list[float]] = field(default_factory=list)
     split_accuracies: list[float] = field(default_factory=list)
+    ci_low: float | None = None
+    ci_high: float | None = None
+    untested_classes: list[str] = field(default_factory=list)
+    tested_classes_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.ci_low is None or self.ci_high is None:
+            splits = self.split_accuracies if self.protocol != "loo" else []
+            self.ci_low, self.ci_high = accuracy_interval(self.accuracy, self.n_test, splits)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def summary(self) -> dict:
-        keys = ("protocol", "accuracy", "ci95", "balanced_accuracy", "macro_f1", "per_class_accuracy", "n_test")
+        keys = ("protocol", "accuracy", "ci95", "ci_low", "ci_high", "balanced_accuracy", "macro_f1",
+                "per_class_accuracy", "untested_classes", "tested_classes_only", "n_test")
         return {key: getattr(self, key) for key in keys}
 
 
@@ -65,23 +82,52 @@ class EpisodeReport:
     n_query: int
     episodes: int
     mean_accuracy: float  # percent
-    ci95: float  # percent, half-width
+    ci95: float  # percent, half-width of the normal approximation (kept for compatibility)
     accuracies: list[float]
+    # like EvaluationReport: fractions, over every query of every episode; filled in when not given
+    accuracy: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n_test: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.accuracy is None:
+            self.accuracy = self.mean_accuracy / 100
+        if self.n_test is None:
+            self.n_test = self.episodes * self.n_way * self.n_query
+        if self.ci_low is None or self.ci_high is None:
+            successes = min(self.n_test, round(self.accuracy * self.n_test))
+            self.ci_low, self.ci_high = mean_interval(self.accuracies, successes, self.n_test)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, per-class accuracy (recall), balanced accuracy and macro F1 over the classes that have a test
+    image; the others are listed in ``untested_classes`` (e.g. a class with one image under leave-one-out)."""
     labels = list(range(len(classes)))
     matrix = confusion_matrix(y_true, y_pred, labels=labels)
     totals = matrix.sum(1)
-    per_class = {name: float(matrix[i, i] / totals[i]) for i, name in enumerate(classes) if totals[i] > 0}
+    tested = [label for label in labels if totals[label] > 0]
+    per_class = {classes[i]: float(matrix[i, i] / totals[i]) for i in tested}
     accuracy = float((y_true == y_pred).mean())
+    untested = [classes[i] for i in labels if totals[i] == 0]
     return {"accuracy": accuracy, "ci95": binomial_ci95(accuracy, len(y_true)),
-            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-            "per_class_accuracy": per_class, "confusion": matrix.tolist()}
+            "balanced_accuracy": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
+            "macro_f1": float(f1_score(y_true, y_pred, labels=tested, average="macro", zero_division=0)),
+            "per_class_accuracy": per_class, "confusion": matrix.tolist(),
+            "untested_classes": untested, "tested_classes_only": bool(untested)}
+
+
+def metrics_warnings(metrics: Mapping) -> list[str]:
+    """What a front must say beside the figures of ``metrics`` (a report summary or a run's metrics.json)."""
+    untested = metrics.get("untested_classes") or []
+    if not untested:
+        return []
+    return [f"class(es) {', '.join(map(repr, untested))} never tested: each has a single image, which has to "
+            "stay in training, so its accuracy is unknown. Balanced accuracy and macro F1 average over the tested "
+            "classes only. Add a second image to each to test them."]
 
 
 def binomial_ci95(accuracy: float, n: int) -> float:

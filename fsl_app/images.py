@@ -6,8 +6,11 @@ file, a decompression bomb or an odd mode (CMYK, 16-bit, palette with transparen
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -19,6 +22,9 @@ IMAGE_EXTENSIONS = frozenset(
 )
 MAX_PIXELS = 64_000_000  # 8000 x 8000: above this a file is refused, not silently downscaled
 MAX_BYTES = 100 * 1024 * 1024
+_READ_CHUNK = 1024 * 1024
+# O_NONBLOCK: a FIFO swapped in after the type check opens at once instead of waiting for a writer
+_SAFE_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
 
 
 class ImageError(ValueError):
@@ -46,8 +52,7 @@ def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: int = MAX_PI
     if len(data) == 0:
         raise ImageError(f"{name}: the file is empty. Re-export or re-copy the image.")
     if len(data) > MAX_BYTES:
-        raise ImageError(f"{name}: {len(data) / 2**20:.0f} MiB is over the {MAX_BYTES // 2**20} MiB limit. "
-                         "Downscale or recompress the image before adding it.")
+        raise ImageError(f"{name}: {too_large_message(len(data), MAX_BYTES)}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -88,12 +93,73 @@ def _upright(image: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    return decode_image(read_image_file(path), str(path), max_pixels=max_pixels)
+
+
+def read_image_file(path: str | Path, *, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (default :data:`MAX_BYTES`), or :class:`ImageError`.
+
+    FIFOs, devices, sockets and links to them are refused from their type, before they are opened (reading one
+    could wait forever or never end); the read itself stops at ``max_bytes + 1`` whatever the size on disk says.
+    """
     path = Path(path)
+    limit = MAX_BYTES if max_bytes is None else max_bytes
     try:
-        data = path.read_bytes()
+        info = os.stat(path)
+        _check_regular(info.st_mode, path)
+        if info.st_size > limit:
+            raise ImageError(f"{path}: {too_large_message(info.st_size, limit)}")
+        fd = os.open(path, _SAFE_OPEN_FLAGS)
     except OSError as error:
-        raise ImageError(f"{path}: cannot be read ({error.strerror}). Check that the file exists.") from error
-    return decode_image(data, str(path), max_pixels=max_pixels)
+        raise ImageError(f"{path}: {_unreadable_reason(error, path)}") from None
+    with os.fdopen(fd, "rb", buffering=0) as stream:
+        _check_regular(os.fstat(stream.fileno()).st_mode, path)  # swapped between the check and the open
+        data = _read_at_most(stream, limit + 1, path)
+    if len(data) > limit:  # grew after the check, or its size on disk is not its content (/proc, FUSE)
+        raise ImageError(f"{path}: {too_large_message(None, limit)}")
+    return data
+
+
+def too_large_message(size: int | None, limit: int) -> str:
+    """``size`` None: only known to be above ``limit`` (the read stopped there)."""
+    amount = f"{size / 2**20:.0f} MiB is" if size is not None else "the file is"
+    return (f"{amount} over the {limit // 2**20} MiB limit. "
+            "Downscale or recompress the image before adding it.")
+
+
+def _check_regular(mode: int, path: Path) -> None:
+    if not stat.S_ISREG(mode):
+        raise ImageError(f"{path}: {special_file_reason(mode)}")
+
+
+def special_file_reason(mode: int) -> str:
+    """Why a file of this ``st_mode`` is refused: only regular files are read."""
+    kinds = [(stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")]
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return (f"{kind}, not a regular file (or a link to one); refused without reading it. "
+            "Copy the image itself into the folder.")
+
+
+def _unreadable_reason(error: OSError, path: Path) -> str:
+    if error.errno == errno.ELOOP:
+        return "a symbolic link loop; refused. Point the link at an image file or remove it."
+    if error.errno == errno.ENOENT and path.is_symlink():
+        return "a broken symbolic link (its target is missing); refused. Fix the link or remove it."
+    if error.errno == errno.ENOENT:
+        return "cannot be read (no such file). Check that the file exists."
+    return f"cannot be read ({error.strerror or error}). Check the file's permissions."
+
+
+def _read_at_most(stream, size: int, path: Path) -> bytes:
+    chunks, total = [], 0
+    try:
+        while total < size and (chunk := stream.read(min(_READ_CHUNK, size - total))):
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as error:
+        raise ImageError(f"{path}: {_unreadable_reason(error, path)}") from None
+    return b"".join(chunks)
 
 
 def _check_pixels(size: tuple[int, int], name: str, max_pixels: int) -> None:

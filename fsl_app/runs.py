@@ -3,7 +3,9 @@
 A run folder holds ``config.json`` (backbone, strategy params, augment, seed, data snapshot), ``metrics.jsonl`` (one
 StepLog per line, appended live), ``metrics.json`` (final evaluation), ``predictions.json`` (per held-out image) and the
 fitted model (``model.safetensors`` + ``model.json``). It is written under ``<name>.partial`` and renamed when
-complete, so a crash mid-training never leaves a half-written run that looks finished.
+complete, so a crash mid-training never leaves a half-written run that looks finished. The writing process holds a
+lock on ``<name>.partial/.writer.lock``; the kernel releases it when the process dies (``kill -9`` included), and
+:func:`list_runs` removes a ``.partial`` folder whose lock is free.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from typing import Callable
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows: abandoned .partial folders are skipped by list_runs, not removed
+    fcntl = None
+
 from . import __version__
 from .atomic import write_json_atomic
 from .backbones import Backbone, load_backbone
@@ -31,6 +38,8 @@ from .strategies import Strategy, StepLog
 from .strategies.base import Strategy as StrategyBase
 
 PARTIAL_SUFFIX = ".partial"
+WRITER_LOCK = ".writer.lock"
+UNLOCKED_PARTIAL_AGE_S = 3600.0  # a .partial without a lock file (older versions) is removed after this long
 
 
 @dataclass
@@ -63,13 +72,18 @@ def train_run(images: ImageSet, strategy: Strategy, backbone: Backbone, out_dir:
     partial = out_dir.with_name(out_dir.name + PARTIAL_SUFFIX)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    lock = _hold_writer_lock(partial)
     try:
         result = _train_into(partial, labeled, strategy, backbone, protocol, seed, on_step, on_progress, augment,
                              snapshot)
+        os.replace(partial, out_dir)
+        (out_dir / WRITER_LOCK).unlink(missing_ok=True)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # a failed or cancelled run leaves nothing behind
         raise
-    os.replace(partial, out_dir)
+    finally:
+        if lock is not None:
+            os.close(lock)
     if on_progress:
         on_progress("done", 1, 1)
     return RunResult(run_dir=out_dir, strategy=result[0], report=result[1], metrics=result[2])
@@ -141,13 +155,63 @@ def read_run(run_dir: str | Path) -> dict:
 
 
 def list_runs(root: str | Path) -> list[dict]:
-    """Finished runs under ``root`` (newest first); unfinished ``.partial`` folders are skipped."""
+    """Finished runs under ``root`` (newest first). Unfinished ``.partial`` folders are never listed; those whose
+    writer died (killed mid-training) are removed."""
     root = Path(root)
     if not root.is_dir():
         return []
+    remove_abandoned_runs(root)
     runs = [read_run(path) for path in root.iterdir()
             if path.is_dir() and not path.name.endswith(PARTIAL_SUFFIX) and (path / "metrics.json").is_file()]
     return sorted(runs, key=lambda run: run["config"].get("created_at", ""), reverse=True)
+
+
+def remove_abandoned_runs(root: str | Path) -> list[str]:
+    """Delete the ``.partial`` run folders under ``root`` whose writing process is gone; returns their names."""
+    removed = []
+    for path in Path(root).iterdir():
+        if path.name.endswith(PARTIAL_SUFFIX) and path.is_dir() and _is_abandoned(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
+
+
+def _hold_writer_lock(partial: Path) -> int | None:
+    """Lock ``partial/.writer.lock`` for as long as this process lives or writes the run; the file appears already
+    locked (created under a temporary name first), so no listing ever sees it free while the run is written."""
+    if fcntl is None:
+        return None
+    temp = partial / f"{WRITER_LOCK}.{uuid.uuid4().hex}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.replace(temp, partial / WRITER_LOCK)
+    return fd
+
+
+def _is_abandoned(partial: Path) -> bool:
+    """True when no live process holds the writer lock of ``partial`` (or, lockless, it is over an hour old)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(partial / WRITER_LOCK, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return time.time() - _mtime(partial) > UNLOCKED_PARTIAL_AGE_S
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # its writer is alive
+    finally:
+        os.close(fd)
+    return True
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()
 
 
 def load_run(run_dir: str | Path) -> tuple[Strategy, Backbone]:

@@ -170,8 +170,9 @@ def test_evaluate_metrics_are_consistent(loo_report, digits_set):
     assert np.allclose(probabilities.sum(1), 1, atol=1e-5)
     assert probabilities.argmax(1).tolist() == report.y_pred
     assert report.ci95 == pytest.approx(binomial_ci95(report.accuracy, report.n_test))
-    assert set(report.summary()) == {"protocol", "accuracy", "ci95", "balanced_accuracy", "macro_f1",
-                                     "per_class_accuracy", "n_test"}
+    assert set(report.summary()) == {"protocol", "accuracy", "ci95", "ci_low", "ci_high", "balanced_accuracy",
+                                     "macro_f1", "per_class_accuracy", "untested_classes", "tested_classes_only",
+                                     "n_test"}
 
 
 def test_evaluate_kfold_reports_split_accuracies(digits_set, tiny_backbone):

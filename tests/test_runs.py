@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +115,36 @@ def test_list_runs_skips_unfinished_folders(linear_run, tmp_path):
     (tmp_path / "no_metrics" / "metrics.json").unlink()
     assert [run["name"] for run in list_runs(tmp_path)] == ["done"]
     assert list_runs(tmp_path / "nothing_here") == []
+
+
+@pytest.mark.skipif(runs.fcntl is None, reason="needs POSIX file locks")
+def test_list_runs_removes_partial_folders_whose_writer_died(tmp_path):
+    dead = tmp_path / ("killed" + PARTIAL_SUFFIX)  # its writer held the lock file until it was killed
+    dead.mkdir()
+    (dead / runs.WRITER_LOCK).touch()
+    (dead / "config.json").write_text("{}")
+    old = tmp_path / ("old-version" + PARTIAL_SUFFIX)  # no lock file, untouched for a day
+    old.mkdir()
+    os.utime(old, (time.time() - 86400, time.time() - 86400))
+    young = tmp_path / ("just-created" + PARTIAL_SUFFIX)  # no lock file yet: may be starting right now
+    young.mkdir()
+    assert list_runs(tmp_path) == []
+    assert leftovers(tmp_path) == ["just-created" + PARTIAL_SUFFIX]
+
+
+@pytest.mark.skipif(runs.fcntl is None, reason="needs POSIX file locks")
+def test_list_runs_keeps_the_partial_folder_of_a_run_in_progress(tmp_path, digits_set, tiny_backbone):
+    """The studio lists runs from another thread of the process that trains: the live lock protects the run."""
+    seen = []
+
+    def list_meanwhile(phase, done, total):
+        if phase != "done":
+            assert list_runs(tmp_path) == []
+            seen.append(leftovers(tmp_path))
+
+    train_run(digits_set, create_strategy("protonet"), tiny_backbone, tmp_path / "run", on_progress=list_meanwhile)
+    assert ["run" + PARTIAL_SUFFIX] in seen and leftovers(tmp_path) == ["run"]
+    assert runs.WRITER_LOCK not in {path.name for path in (tmp_path / "run").iterdir()}
 
 
 def test_load_run_predicts_the_same(linear_run, query_set, tiny_backbone):

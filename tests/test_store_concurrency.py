@@ -156,3 +156,123 @@ def test_delete_interrupted_before_commit_is_repaired_on_open(project):
     reopened = Project(project.path)
     assert image.path.is_file() and not tomb.exists()
     assert reopened.fsck().ok
+
+
+# -- kill -9 mid-training: the project, the run list and the feature cache survive ------------------------------------
+
+def _labeled_project(home, name: str) -> Project:
+    project = create_project(name, home=home)
+    for label, start in (("zero", 0), ("one", 6), ("two", 12)):
+        project.import_files(digit_files(6, start=start), label=label)
+    return project
+
+
+def _child_env(cache: Path) -> dict:
+    return {**os.environ, "FSL_APP_CACHE": str(cache), "FSL_APP_ENGINE": "torch",
+            "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def _kill_when(child: subprocess.Popen, stream, marker: str, *, count: int = 1) -> None:
+    """SIGKILL ``child`` once ``marker`` appeared in ``count`` lines of ``stream``."""
+    deadline, seen = time.monotonic() + 300, 0
+    for line in stream:
+        seen += marker in line
+        if seen >= count:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=30)
+            assert child.returncode == -signal.SIGKILL
+            return
+        if time.monotonic() > deadline:
+            break
+    child.kill()
+    pytest.fail(f"the training ended (code {child.wait()}) or stalled before {marker!r} appeared {count} time(s)")
+
+
+def _cached_features(cache: Path) -> dict[str, "np.ndarray"]:
+    import numpy as np
+
+    return {path.stem: np.load(path, allow_pickle=False) for path in (cache / "features").rglob("*.npy")}
+
+
+def _assert_survived(project_path: Path, runs_root: Path, n_images: int) -> None:
+    from fsl_app.runs import PARTIAL_SUFFIX, list_runs
+
+    leftovers = [path for path in runs_root.iterdir() if path.name.endswith(PARTIAL_SUFFIX)]
+    assert leftovers, "the kill came after the run was finished; kill it earlier"
+    assert list_runs(runs_root) == []  # the half-written run is never listed as a finished run ...
+    assert list(runs_root.iterdir()) == []  # ... and is cleaned up by the listing, as its writer is dead
+    with Project(project_path) as project:
+        assert project.fsck(temp_age_s=0).ok
+        assert len(project.images()) == n_images and project.list_runs() == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
+def test_sigkill_during_cli_finetuning_leaves_project_runs_and_cache_intact(home, tmp_path, tiny_backbone):
+    from fsl_app.features import FeatureCache, FeatureExtractor
+
+    cache = tmp_path / "cache"
+    with _labeled_project(home, "trainee") as project:
+        project_path, images = project.path, project.image_set(labeled_only=True)
+    before = FeatureExtractor(tiny_backbone, engine="torch", cache=FeatureCache(cache / "features")).extract(images)
+    runs_root = tmp_path / "runs"
+    runs_root.mkdir()
+    command = ["train", "trainee", "--home", str(home), "--strategy", "finetune", "--backbone", "test_efficientnet",
+               "--weights", "random", "--param", "epochs=400", "--out", str(runs_root / "killed")]
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from fsl_app.cli import main; "
+                              "sys.exit(main(sys.argv[1:]))", *command],
+                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=_child_env(cache))
+    _kill_when(child, child.stderr, "epoch", count=2)  # mid-way through the evaluation split's fine-tuning
+    assert not (runs_root / "killed").exists()
+    _assert_survived(project_path, runs_root, len(images))
+    cached = _cached_features(cache)
+    assert len(cached) == len(images)
+    for row, record in zip(before.numpy(), images.records, strict=True):
+        assert (cached[record.sha256] == row).all()  # the cache written before the kill still loads, unchanged
+
+
+_STUDIO_WORKER = """
+import sys, time
+from pathlib import Path
+from fsl_app import features
+from fsl_app.backbones import load_backbone
+from fsl_app.runs import new_run_name, train_run
+from fsl_app.store import Project
+from fsl_app.strategies import create_strategy
+
+real_put = features.FeatureCache.put
+def slow_put(self, namespace, sha, value):  # slow the cache writes down so the kill lands among them
+    real_put(self, namespace, sha, value)
+    print("cached", flush=True)
+    time.sleep(0.1)
+features.FeatureCache.put = slow_put
+
+project = Project(sys.argv[1])  # what the studio's training job does, in a process that can be killed
+images = project.image_set(labeled_only=True)
+out_dir = Path(sys.argv[2]) / new_run_name("linear")
+result = train_run(images, create_strategy("linear"), load_backbone("test_efficientnet", "random"), out_dir,
+                   on_progress=lambda phase, done, total: print(phase, flush=True))
+project.record_run(result.run_dir, {})
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
+def test_sigkill_of_a_studio_training_worker_leaves_project_runs_and_cache_intact(home, tmp_path, tiny_backbone):
+    from fsl_app.features import FeatureCache, FeatureExtractor
+
+    cache = tmp_path / "cache"
+    with _labeled_project(home, "studio") as project:
+        project_path, images = project.path, project.image_set(labeled_only=True)
+    runs_root = project_path / "runs"
+    runs_root.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", _STUDIO_WORKER, str(project_path), str(runs_root)],
+                             stdout=subprocess.PIPE, text=True, env=_child_env(cache))
+    _kill_when(child, child.stdout, "cached", count=5)  # during feature extraction, the run half-written
+    _assert_survived(project_path, runs_root, len(images))
+    cached = _cached_features(cache)
+    assert 5 <= len(cached) < len(images)
+    fresh = FeatureExtractor(tiny_backbone, engine="torch", cache=FeatureCache(enabled=False)).extract(images)
+    for row, record in zip(fresh.numpy(), images.records, strict=True):
+        if record.sha256 in cached:  # every feature that reached the cache is complete and correct
+            assert cached[record.sha256] == pytest.approx(row, abs=1e-5)

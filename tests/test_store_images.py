@@ -9,7 +9,7 @@ from PIL import Image
 import fsl_app.images as image_io
 from fsl_app.dataset import ImageSet
 from fsl_app.store import ImageNotFoundError, similar_pairs_from_embeddings
-from fsl_app.store.duplicates import near_duplicate_pairs
+from fsl_app.store.duplicates import near_duplicate_pairs, perceptual_hash
 
 try:
     from tests.conftest_store import (camera, coins, digit_files, digit_png, encode, home,  # noqa: F401
@@ -155,12 +155,59 @@ def test_near_duplicates_flag_reencoded_and_resized_copies(project):
     pairs = project.near_duplicates()
     assert {(a, b) for a, b, _ in pairs} == {(cam, cam_jpeg), (cam, cam_small), (cam_jpeg, cam_small)}
     assert all(distance <= 6 for *_, distance in pairs)
-    assert project.near_duplicates(max_distance=64)[-1][2] > 6  # coins is far from camera
+    assert perceptual_distance(coins(), camera()) > 6  # coins is far from camera
+
+
+def perceptual_distance(a: Image.Image, b: Image.Image) -> int:
+    return bin(int(perceptual_hash(a), 16) ^ int(perceptual_hash(b), 16)).count("1")
 
 
 def test_near_duplicate_pairs_function():
-    pairs = near_duplicate_pairs([10, 20, 30], ["0000000000000000", "0000000000000003", "ffffffffffffffff"], 2)
+    pairs = near_duplicate_pairs([10, 20, 30], ["0f00000000000000", "0f00000000000003", "ffffffffffffffff"], 2)
     assert pairs == [(10, 20, 2)]
+
+
+def _flat_images() -> list[tuple[str, bytes]]:
+    """Single-colour images of different colours, formats and sizes: one perceptual hash for all of them."""
+    red_gif = encode(Image.new("RGB", (40, 30), (255, 0, 0)).convert("P"), "GIF")
+    cmyk = encode(Image.new("CMYK", (50, 50), (0, 0, 255, 0)), "JPEG")  # yellow
+    return [("red.gif", red_gif), ("yellow_cmyk.jpg", cmyk),
+            ("pixel.png", encode(Image.new("RGB", (1, 1), (0, 160, 0)), "PNG")),
+            ("blue.png", encode(Image.new("RGB", (64, 64), (0, 0, 255)), "PNG")),
+            ("white.bmp", encode(Image.new("RGB", (20, 20), (255, 255, 255)), "BMP"))]
+
+
+def test_flat_images_of_different_colours_are_neither_identical_nor_near_duplicates(project):
+    report = project.import_files(_flat_images())
+    assert len(report.added) == 5
+    assert project.near_duplicates() == []
+    stats = project.stats()
+    assert (stats.identical_pairs, stats.near_duplicate_pairs) == (0, 0)
+    assert not any("near-duplicate" in warning for warning in stats.warnings)
+
+
+def test_identical_means_the_same_pixels_not_the_same_hash(project):
+    """The same pixels in two formats are identical; a lossy re-encoding is a near duplicate, not identical."""
+    blue = Image.new("RGB", (64, 64), (0, 0, 255))
+    photo = camera().convert("RGB")
+    report = project.import_files([("blue.png", encode(blue, "PNG")), ("blue.bmp", encode(blue, "BMP")),
+                                   ("cam.png", encode(photo, "PNG")), ("cam.tif", encode(photo, "TIFF")),
+                                   ("cam.jpg", encode(photo, "JPEG", quality=40))])
+    blue_png, blue_bmp, cam_png, cam_tif, cam_jpg = report.added_ids
+    distances = {(a, b): distance for a, b, distance in project.near_duplicates()}
+    assert distances[(blue_png, blue_bmp)] == 0 and distances[(cam_png, cam_tif)] == 0
+    assert distances[(cam_png, cam_jpg)] >= 1 and distances[(cam_tif, cam_jpg)] >= 1
+    assert not any(blue_png in pair or blue_bmp in pair for pair in distances if pair != (blue_png, blue_bmp))
+    stats = project.stats()
+    assert (stats.identical_pairs, stats.near_duplicate_pairs) == (2, 2)
+
+
+def test_near_duplicates_of_older_projects_never_claim_identical_or_match_flat_hashes():
+    """Hashes stored before the colour and content signature: a flat image's hash matches nothing, and an equal
+    hash is only a near duplicate (its content is unknown)."""
+    flat, black = "8000000000000000", "0000000000000000"
+    pairs = near_duplicate_pairs([1, 2, 3, 4, 5, 6], [flat, flat, black, black, "a1b2c3d4e5f60718", "a1b2c3d4e5f60718"])
+    assert pairs == [(5, 6, 1)]
 
 
 def test_similar_pairs_from_embeddings():

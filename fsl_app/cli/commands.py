@@ -128,9 +128,14 @@ def _strategy_param_names(name: str) -> list[str]:
 
 
 def cmd_train(args) -> int:
+    from ..dataset import training_warnings
+    from ..evaluation import metrics_warnings
+    from ..intervals import format_accuracy
     from ..runs import new_run_name, train_run
 
     images = _resolve_images(args.data, args.home)
+    for warning in training_warnings(images):
+        print(f"warning: {warning}", file=sys.stderr)
     strategy, backbone = _strategy_and_backbone(args)
     out = Path(args.out) if args.out else Path("runs") / new_run_name(strategy.name)
     bar = _Progress(enabled=not args.json)
@@ -148,15 +153,18 @@ def cmd_train(args) -> int:
     if args.json:
         print(json.dumps(metrics, ensure_ascii=False))
     else:
-        print(f"{metrics['protocol']} accuracy {100 * metrics['accuracy']:.1f}% "
-              f"± {100 * metrics['ci95']:.1f} (balanced {100 * metrics['balanced_accuracy']:.1f}%), "
+        print(f"{metrics['protocol']} accuracy {format_accuracy(metrics)} "
+              f"(balanced {100 * metrics['balanced_accuracy']:.1f}%), "
               f"{metrics['n_images']} images, {metrics['train_seconds']:.1f} s")
+        for warning in metrics_warnings(metrics):
+            print(f"warning: {warning}", file=sys.stderr)
         print(f"run saved to {result.run_dir}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from ..evaluation import evaluate_episodes
+    from ..intervals import format_accuracy
 
     images = _resolve_images(args.data, args.home)
     strategy, backbone = _strategy_and_backbone(args)
@@ -170,14 +178,14 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
-        print(f"{args.n_way}-way {args.k_shot}-shot, {args.episodes} episodes: "
-              f"{report.mean_accuracy:.1f}% ± {report.ci95:.1f}")
+        print(f"{args.n_way}-way {args.k_shot}-shot, {args.episodes} episodes: {format_accuracy(report)}")
     return 0
 
 
 def cmd_predict(args) -> int:
     from ..export import load_predictor
     from ..images import is_image_name
+    from ..store.names import printable
 
     paths = []
     for item in list(args.images) + ([args.batch] if args.batch else []):
@@ -195,12 +203,12 @@ def cmd_predict(args) -> int:
     else:
         for item in results:
             if "error" in item:
-                print(f"{item['image']}: ERROR {item['error']}")
+                print(printable(f"{item['image']}: ERROR {item['error']}"))
                 continue
             shown = item["top_k"] if item["label"] == "unknown" else item["top_k"][1:]
             alternatives = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in shown)
-            print(f"{item['image']}: {item['label']} ({item['probability']:.2f})"
-                  + (f"  [{alternatives}]" if alternatives else ""))
+            print(printable(f"{item['image']}: {item['label']} ({item['probability']:.2f})"
+                            + (f"  [{alternatives}]" if alternatives else "")))
     return 0 if all("error" not in item for item in results) else 1
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 from ..dataset import DataError
 from ..images import ImageError, is_image_name
 from ..store.errors import StoreError
-from ..store.importing import ImportReport
+from ..store.importing import ImportReport, import_paths
 from ..store.suggest import suggest_for_project
 from ..store.workspace import (create_project, delete_project, list_projects, open_project, rename_project,
                                workspace_home)
@@ -154,23 +154,12 @@ def _import(args) -> int:
             else:
                 raise StoreError(f"{source} is not an image, a folder or a .zip file. Check the path.")
         if loose_files:
-            reports.append(project.import_files(((p.name, p.read_bytes()) for p in loose_files), args.label))
-    total = _combine(reports)
+            reports.append(import_paths(project, loose_files, args.label))
+    total = ImportReport.combine(reports)
     print(total.summary())
-    for duplicate in total.duplicates:
-        print(f"  duplicate: {duplicate.name} (already image {duplicate.image_id})")
-    for name, reason in total.rejected:
-        print(f"  rejected: {name}: {reason}", file=sys.stderr)
+    for level, line in total.lines():
+        print(f"  {line}", file=sys.stdout if level == "info" else sys.stderr)
     return 1 if total.rejected else 0
-
-
-def _combine(reports: list[ImportReport]) -> ImportReport:
-    total = ImportReport()
-    for report in reports:
-        total.added += report.added
-        total.duplicates += report.duplicates
-        total.rejected += report.rejected
-    return total
 
 
 def _export(args) -> int:

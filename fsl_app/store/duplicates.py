@@ -1,19 +1,28 @@
-"""Near-duplicate detection: perceptual hashes at import time, cosine similarity once features exist.
+"""Near-duplicate detection: image signatures at import time, cosine similarity once features exist.
 
 Exact duplicates (same bytes, same sha256) are never stored twice. Near duplicates (the same picture re-encoded,
 resized or lightly edited) are kept but flagged: in few-shot data they inflate a class and, split across train and
 test, make an evaluation look better than it is.
+
+A perceptual hash sees structure in grey levels only: every single-colour image, red or blue, 1 pixel or 1000, has
+the same one. The stored signature therefore adds the mean colour (near duplicates must also look alike in colour)
+and a digest of the pixels at a canonical size (only equal digests are "identical").
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 NEAR_DUPLICATE_MAX_DISTANCE = 6  # of 64 phash bits; re-encoded or resized copies are typically 0-4 apart
-_CHUNK = 1024
+MAX_COLOUR_DIFFERENCE = 24  # of 255, per channel of the mean colour; re-encoding or resizing moves it by ~1
+CANONICAL_SIZE = (32, 32)
+_LEGACY_FLAT_HASHES = frozenset({0x8000000000000000, 0})  # what phash gives every single-colour image
+_CHUNK = 256
 
 
 def perceptual_hash(image: Image.Image) -> str:
@@ -23,22 +32,85 @@ def perceptual_hash(image: Image.Image) -> str:
     return str(imagehash.phash(image))
 
 
+def image_signature(image: Image.Image) -> str:
+    """``<phash 16 hex>-<mean RGB 6 hex>-<pixel digest 16 hex>``: what :func:`near_duplicate_pairs` compares.
+
+    The digest hashes the RGB pixels box-resized to :data:`CANONICAL_SIZE`: the same picture stored in two
+    lossless formats (or at sizes that average to the same pixels) has the same digest; a lossy re-encoding does not.
+    """
+    small = image.convert("RGB").resize(CANONICAL_SIZE, Image.Resampling.BOX)
+    pixels = np.asarray(small, dtype=np.uint8)
+    mean = np.round(pixels.reshape(-1, 3).mean(0)).astype(int)
+    colour = "".join(f"{int(value):02x}" for value in mean)
+    digest = hashlib.sha256(pixels.tobytes()).hexdigest()[:16]
+    return f"{perceptual_hash(image)}-{colour}-{digest}"
+
+
+@dataclass(frozen=True)
+class _Signatures:
+    """Parsed signatures of n images; hashes stored before signatures existed have ``known`` False."""
+
+    phash: np.ndarray  # (n,) uint64
+    colour: np.ndarray  # (n, 3) int16
+    digest: np.ndarray  # (n,) uint64
+    known: np.ndarray  # (n,) bool
+
+    @classmethod
+    def parse(cls, hashes: Sequence[str]) -> "_Signatures":
+        parts = [str(value).split("-") for value in hashes]
+        known = np.array([len(part) == 3 for part in parts], dtype=bool)
+        phash = np.array([int(part[0], 16) for part in parts], dtype=np.uint64)
+        colour = np.array([[int(part[1][i:i + 2], 16) for i in (0, 2, 4)] if len(part) == 3 else [0, 0, 0]
+                           for part in parts], dtype=np.int16).reshape(-1, 3)
+        digest = np.array([int(part[2], 16) if len(part) == 3 else 0 for part in parts], dtype=np.uint64)
+        return cls(phash, colour, digest, known)
+
+    @property
+    def legacy_flat(self) -> np.ndarray:
+        """Old hashes of single-colour images: their colour is unknown, so they match nothing."""
+        return ~self.known & np.isin(self.phash, np.array(sorted(_LEGACY_FLAT_HASHES), dtype=np.uint64))
+
+
 def near_duplicate_pairs(ids: Sequence[int], hashes: Sequence[str],
                          max_distance: int = NEAR_DUPLICATE_MAX_DISTANCE) -> list[tuple[int, int, int]]:
-    """Pairs ``(id_a, id_b, hamming distance)`` with distance <= ``max_distance``, closest first; ``id_a < id_b``."""
+    """Pairs ``(id_a, id_b, distance)`` of near duplicates, closest first; ``id_a < id_b``.
+
+    ``hashes`` are :func:`image_signature` strings (or bare 16-hex perceptual hashes stored by older versions).
+    Distance 0 means identical pixels at the canonical size; otherwise it is the perceptual-hash Hamming distance
+    (at least 1), at most ``max_distance``, between images whose mean colours also agree.
+    """
     if len(ids) != len(hashes):
         raise ValueError(f"got {len(ids)} ids but {len(hashes)} hashes; pass one hash per id.")
-    values = np.array([int(h, 16) for h in hashes], dtype=np.uint64)
+    signatures = _Signatures.parse(hashes)
+    distances = {**_alike_pairs(signatures, max_distance), **_identical_pairs(signatures)}
     id_array = np.asarray(ids, dtype=np.int64)
-    pairs = []
-    for start in range(0, len(values), _CHUNK):
-        block = values[start:start + _CHUNK]
-        distances = np.bitwise_count(block[:, None] ^ values[None, :])
-        rows, cols = np.nonzero(distances <= max_distance)
-        keep = cols > rows + start
-        for row, col in zip(rows[keep], cols[keep], strict=True):
-            pairs.append(_ordered(id_array[row + start], id_array[col], int(distances[row, col])))
+    pairs = [_ordered(id_array[row], id_array[col], distance) for (row, col), distance in distances.items()]
     return sorted(pairs, key=lambda pair: (pair[2], pair[0], pair[1]))
+
+
+def _alike_pairs(signatures: _Signatures, max_distance: int) -> dict[tuple[int, int], int]:
+    """``{(row, col): Hamming distance, at least 1}`` for rows whose hashes and mean colours are close."""
+    phash, pairs = signatures.phash, {}
+    excluded = signatures.legacy_flat
+    for start in range(0, len(phash), _CHUNK):
+        hamming = np.bitwise_count(phash[start:start + _CHUNK, None] ^ phash[None, start:])
+        rows, cols = np.nonzero(hamming <= max_distance)
+        rows, cols, found = rows + start, cols + start, hamming[rows, cols]
+        keep = (cols > rows) & ~excluded[rows] & ~excluded[cols]
+        both_known = signatures.known[rows] & signatures.known[cols]
+        colour_gap = np.abs(signatures.colour[rows] - signatures.colour[cols]).max(-1, initial=0)
+        keep &= ~both_known | (colour_gap <= MAX_COLOUR_DIFFERENCE)
+        for row, col, distance in zip(rows[keep], cols[keep], found[keep], strict=True):
+            pairs[(int(row), int(col))] = max(int(distance), 1)
+    return pairs
+
+
+def _identical_pairs(signatures: _Signatures) -> dict[tuple[int, int], int]:
+    """``{(row, col): 0}`` for rows whose pixel digests are equal."""
+    groups: dict[int, list[int]] = {}
+    for row in np.flatnonzero(signatures.known):
+        groups.setdefault(int(signatures.digest[row]), []).append(int(row))
+    return {(a, b): 0 for rows in groups.values() for i, a in enumerate(rows) for b in rows[i + 1:]}
 
 
 def similar_pairs_from_embeddings(embeddings, ids: Sequence[int],

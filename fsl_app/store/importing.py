@@ -1,7 +1,8 @@
 """Import images into a project from uploads, folders, ImageFolder trees and zip archives.
 
 Every file is all-or-nothing: it is either added (original bytes stored, row inserted, label logged) or listed in the
-report as a duplicate or as rejected with the reason. Files are decoded (:func:`fsl_app.images.decode_image`: size,
+report as a duplicate, as skipped (hidden and system entries) or as rejected with the reason. Only regular files are
+read (:func:`fsl_app.images.read_image_file`). Files are decoded (:func:`fsl_app.images.decode_image`: size,
 pixel and corruption checks), hashed and written to the object store first; their rows are inserted afterwards, in
 batches, each batch one transaction. A crash therefore leaves at worst object files without rows, which
 :meth:`Project.fsck` removes; never a row without its file.
@@ -18,12 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
 
 from .. import images as image_io
-from ..dataset import is_hidden_or_system, walk_files
-from ..images import IMAGE_EXTENSIONS, ImageError, decode_image, is_image_name, sha256_bytes
+from ..dataset import is_hidden_or_system, skip_reason, walk_files
+from ..images import IMAGE_EXTENSIONS, ImageError, decode_image, is_image_name, read_image_file, sha256_bytes
 from . import _labels
-from .duplicates import perceptual_hash
+from .duplicates import image_signature
 from .errors import ArchiveError, InvalidNameError, StoreError
-from .names import validate_class_name
+from .names import name_key, printable, validate_class_name
 
 if TYPE_CHECKING:
     from .project import Project
@@ -53,6 +54,23 @@ class DuplicateImage:
     image_id: int | None
     sha256: str
     existing_label: str | None
+    requested_label: str | None = None  # the label this import asked for
+
+
+@dataclass(frozen=True)
+class LabelConflict:
+    """An exact duplicate imported under another label than the stored image has: the stored label is kept."""
+
+    name: str
+    image_id: int | None
+    existing_label: str | None  # None: the stored image is unlabeled
+    requested_label: str
+
+    def message(self) -> str:
+        kept = f"keeps its label {self.existing_label!r}" if self.existing_label else "stays unlabeled"
+        return (f"{self.name} is already in the project as image {self.image_id}, which {kept}; it was not labeled "
+                f"{self.requested_label!r}. To change the label, relabel image {self.image_id} on the Data page "
+                f"(or call Project.set_labels([{self.image_id}], {self.requested_label!r})).")
 
 
 @dataclass
@@ -60,6 +78,8 @@ class ImportReport:
     added: list[AddedImage] = field(default_factory=list)
     duplicates: list[DuplicateImage] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason and fix)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (hidden or system entry, why it was left out)
+    conflicts: list[LabelConflict] = field(default_factory=list)  # duplicates whose requested label was not applied
 
     @property
     def added_ids(self) -> list[int]:
@@ -72,8 +92,31 @@ class ImportReport:
         self.rejected += other.rejected
 
     def summary(self) -> str:
-        return (f"{len(self.added)} added, {len(self.duplicates)} duplicate(s) skipped, "
+        text = (f"{len(self.added)} added, {len(self.duplicates)} duplicate(s) skipped, "
                 f"{len(self.rejected)} rejected")
+        if self.skipped:
+            text += f", {len(self.skipped)} skipped (hidden or system)"
+        if self.conflicts:
+            text += f", {len(self.conflicts)} label conflict(s)"
+        return text
+
+    def lines(self) -> list[tuple[str, str]]:
+        """``(level, text)`` for every file not simply added, names escaped for a terminal or a page;
+        level is ``info`` (duplicates, skipped entries), ``warning`` (label conflicts) or ``error`` (rejected)."""
+        lines = [("info", f"duplicate: {d.name} (already image {d.image_id})") for d in self.duplicates]
+        lines += [("info", f"skipped: {name}: {reason}") for name, reason in self.skipped]
+        lines += [("warning", f"label conflict: {conflict.message()}") for conflict in self.conflicts]
+        lines += [("error", f"rejected: {name}: {reason}") for name, reason in self.rejected]
+        return [(level, printable(text)) for level, text in lines]
+
+    @classmethod
+    def combine(cls, reports: Iterable["ImportReport"]) -> "ImportReport":
+        """One report listing everything of ``reports`` (e.g. several sources of one command)."""
+        total = cls()
+        for report in reports:
+            for name in ("added", "duplicates", "rejected", "skipped", "conflicts"):
+                getattr(total, name).extend(getattr(report, name))
+        return total
 
 
 class RejectedFile(Exception):
@@ -111,7 +154,7 @@ class _Importer:
         self.report = ImportReport()
         self.pending: list[_Pending] = []
         self.seen: dict[str, str] = {}  # sha256 -> name, within this import
-        self.duplicate_names: list[tuple[str, str]] = []  # (name, sha256), resolved to ids at the end
+        self.duplicate_names: list[tuple[str, str, str | None]] = []  # (name, sha256, requested label)
         self.label_batch_id: int | None = None
         self.uncounted_duplicates = 0
         self.processed = 0
@@ -131,6 +174,9 @@ class _Importer:
 
     def reject(self, name: str, reason: str) -> None:
         self.report.rejected.append((name, reason))
+
+    def skip(self, name: str, reason: str) -> None:
+        self.report.skipped.append((name, reason))
 
     def add(self, entry: _Entry) -> None:
         try:
@@ -160,11 +206,11 @@ class _Importer:
         data = entry.read()
         sha256 = sha256_bytes(data)
         if sha256 in self.seen or self._stored(sha256):
-            self._duplicate(entry.name, sha256)
+            self._duplicate(entry.name, sha256, label)
             return None
         image = _decode(data, entry.name)
         return _Pending(name=entry.name, sha256=sha256, ext=Path(entry.name).suffix.lower(), label=label, data=data,
-                        width=image.width, height=image.height, phash=perceptual_hash(image))
+                        width=image.width, height=image.height, phash=image_signature(image))
 
     def _stored(self, sha256: str) -> bool:
         with self.project.read() as conn:
@@ -181,19 +227,18 @@ class _Importer:
         with self.project.write() as conn:
             for item in self.pending:
                 if conn.execute("SELECT 1 FROM images WHERE sha256 = ?", (item.sha256,)).fetchone():
-                    duplicates.append((item.name, item.sha256))  # another process added it meanwhile
+                    duplicates.append((item.name, item.sha256, item.label))  # another process added it meanwhile
                     continue
                 objects.ensure(item.sha256, item.ext, item.data)
                 added.append(AddedImage(item.name, self._insert(conn, item), item.sha256, item.label))
             self._log_labels(conn, added)
             self._count_duplicates(conn, extra=len(duplicates))
         self.report.added.extend(added)
-        for name, sha256 in duplicates:
-            self.duplicate_names.append((name, sha256))
+        self.duplicate_names.extend(duplicates)
         self.pending = []
 
-    def _duplicate(self, name: str, sha256: str) -> None:
-        self.duplicate_names.append((name, sha256))
+    def _duplicate(self, name: str, sha256: str, label: str | None) -> None:
+        self.duplicate_names.append((name, sha256, label))
         self.uncounted_duplicates += 1
 
     @staticmethod
@@ -224,11 +269,13 @@ class _Importer:
         if not self.duplicate_names:
             return
         with self.project.read() as conn:
-            for name, sha256 in self.duplicate_names:
+            for name, sha256, requested in self.duplicate_names:
                 row = conn.execute("SELECT i.id, c.name FROM images i LEFT JOIN classes c ON c.id = i.class_id "
                                    "WHERE i.sha256 = ?", (sha256,)).fetchone()
                 image_id, label = (row[0], row[1]) if row else (None, None)
-                self.report.duplicates.append(DuplicateImage(name, image_id, sha256, label))
+                self.report.duplicates.append(DuplicateImage(name, image_id, sha256, label, requested))
+                if requested is not None and (label is None or name_key(label) != name_key(requested)):
+                    self.report.conflicts.append(LabelConflict(name, image_id, label, requested))
 
 
 def _checked_label(label: str | None) -> str | None:
@@ -277,16 +324,26 @@ def import_folder(project: "Project", folder: str | Path, label: str | None = No
     """Import every image under ``folder`` (recursively, hidden files skipped), all labeled ``label`` or unlabeled."""
     root = _existing_folder(folder)
     label = validate_class_name(label) if label is not None else None
-    entries = (_file_entry(root, path, label) for path in walk_files(root))
-    return _Importer(project, actor=actor, source=f"folder {root.name}", on_progress=on_progress).run(entries)
+    importer = _Importer(project, actor=actor, source=f"folder {root.name}", on_progress=on_progress)
+    return importer.run(_file_entry(root, path, label) for path in _walk_files(root, importer))
 
 
 def import_imagefolder(project: "Project", folder: str | Path, *, actor: str | None = None,
                        on_progress: ProgressCallback | None = None) -> ImportReport:
     """Import the ImageFolder layout: each sub-folder of ``folder`` is a class, loose files are unlabeled."""
     root = _existing_folder(folder)
-    entries = (_file_entry(root, path, _folder_label(path.relative_to(root).parts)) for path in walk_files(root))
-    return _Importer(project, actor=actor, source=f"folder {root.name}", on_progress=on_progress).run(entries)
+    importer = _Importer(project, actor=actor, source=f"folder {root.name}", on_progress=on_progress)
+    return importer.run(_file_entry(root, path, _folder_label(path.relative_to(root).parts))
+                        for path in _walk_files(root, importer))
+
+
+def import_paths(project: "Project", paths: Iterable[str | Path], label: str | None = None, *,
+                 actor: str | None = None, on_progress: ProgressCallback | None = None) -> ImportReport:
+    """Import single image files given by path (named by their file name), read with the same checks as folders."""
+    label = validate_class_name(label) if label is not None else None
+    entries = (_Entry(name=Path(path).name, label=label, read=lambda path=path: _read_file(Path(path)))
+               for path in paths)
+    return _Importer(project, actor=actor, source="files", on_progress=on_progress).run(entries)
 
 
 def _existing_folder(folder: str | Path) -> Path:
@@ -294,6 +351,20 @@ def _existing_folder(folder: str | Path) -> Path:
     if not root.is_dir():
         raise StoreError(f"{root} is not a folder. Pass a folder of images (sub-folders become classes).")
     return root
+
+
+def _walk_files(root: Path, importer: _Importer) -> Iterator[Path]:
+    """Files under ``root`` in a stable order; hidden and system entries and unlistable folders are reported to
+    ``importer``."""
+    def relative(path: str | Path) -> str:
+        return Path(path).relative_to(root).as_posix()
+
+    def unlistable(error: OSError) -> None:
+        reason = (f"folder cannot be read ({error.strerror or error}). Check its permissions; its images were "
+                  "not imported.")
+        importer.reject(relative(error.filename or root), reason)
+
+    return walk_files(root, on_skip=lambda path, reason: importer.skip(relative(path), reason), on_error=unlistable)
 
 
 def _folder_label(parts: tuple[str, ...] | list[str]) -> str | None:
@@ -306,14 +377,11 @@ def _file_entry(root: Path, path: Path, label: str | None) -> _Entry:
 
 
 def _read_file(path: Path) -> bytes:
+    """A regular file's bytes, capped at the size limit; FIFOs, devices and links to them are never opened."""
     try:
-        size = path.stat().st_size
-        if size > image_io.MAX_BYTES:
-            raise RejectedFile(f"{size / 2**20:.0f} MiB is over the {image_io.MAX_BYTES // 2**20} MiB "
-                               "limit. Downscale or recompress the image before adding it.")
-        return path.read_bytes()
-    except OSError as error:
-        raise RejectedFile(f"cannot be read ({error.strerror or error}). Check the file's permissions.") from None
+        return read_image_file(path)
+    except ImageError as error:
+        raise RejectedFile(str(error).removeprefix(f"{path}: ")) from None
 
 
 # -- zip archives ------------------------------------------------------------------------------------------------------
@@ -398,6 +466,7 @@ def _zip_entries(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], importe
                  label: str | None, folders_as_classes: bool) -> Iterator[_Entry]:
     """Safe file entries of the archive with their labels; unsafe ones are reported as rejected."""
     safe: list[tuple[zipfile.ZipInfo, list[str]]] = []
+    skipped_folders: set[str] = set()
     for info in infos:
         if info.is_dir():
             continue
@@ -406,9 +475,14 @@ def _zip_entries(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], importe
             importer.reject(info.filename, problem)
             continue
         parts = _entry_parts(info.filename)
-        if any(is_hidden_or_system(part) for part in parts):
-            continue
-        safe.append((info, parts))
+        junk = next((index for index, part in enumerate(parts) if is_hidden_or_system(part)), None)
+        if junk is None:
+            safe.append((info, parts))
+        elif junk == len(parts) - 1:
+            importer.skip(info.filename, skip_reason(parts[junk], folder=False))
+        elif (folder := "/".join(parts[:junk + 1]) + "/") not in skipped_folders:
+            skipped_folders.add(folder)
+            importer.skip(folder, skip_reason(parts[junk], folder=True))
     strip_top = _has_single_top_folder([parts for _, parts in safe])
     budget = _DecompressionBudget(MAX_ZIP_TOTAL_BYTES)
     for info, parts in safe:

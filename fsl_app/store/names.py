@@ -74,6 +74,23 @@ def _is_forbidden_char(char: str) -> bool:
     return unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS
 
 
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal or a page: control, format (bidi, zero-width), line-separator and
+    undecodable (surrogate-escaped) characters become visible escapes (``\\n``, ``\\x1b``, ``\\u202e``);
+    everything else, unicode included, is kept."""
+    return "".join(_escaped(char) if unicodedata.category(char) in _UNPRINTABLE_CATEGORIES and char != _ZWJ
+                   else char for char in str(text))
+
+
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_ZWJ = "\u200d"  # joins emoji sequences; kept so they still render
+
+
+def _escaped(char: str) -> str:
+    escaped = char.encode("unicode_escape", errors="backslashreplace").decode("ascii")
+    return escaped if escaped != char else f"\\u{ord(char):04x}"
+
+
 def slugify(name: str, *, max_length: int = 40, fallback: str = "project") -> str:
     """ASCII lowercase slug for a folder name: 'Wheat rust (2024)' -> 'wheat-rust-2024'."""
     ascii_text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
