@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .intervals import accuracy_interval, format_accuracy
 from .runs import list_runs
 
 RUNS_FOLDER = "runs"
@@ -35,13 +36,10 @@ def percent(value: float | None, digits: int = 1) -> str:
 
 
 def accuracy_text(metrics: dict) -> str:
-    """'83.3 % ± 12.1' (95 % confidence interval half-width)."""
-    accuracy, ci95 = metrics.get("accuracy"), metrics.get("ci95")
-    if accuracy is None:
+    """'83.3 % (70.1-91.2, n=24)': accuracy with its 95 % interval, asymmetric where it is (near 0 and 100 %)."""
+    if metrics.get("accuracy") is None:
         return "–"
-    if ci95 is None or ci95 != ci95:  # NaN: no test images
-        return percent(accuracy)
-    return f"{100 * accuracy:.1f} % ± {100 * ci95:.1f}"
+    return format_accuracy(metrics)
 
 
 def run_label(run: dict) -> str:
@@ -59,12 +57,22 @@ def run_table(runs: list[dict]) -> list[dict]:
         rows.append({
             "run": run["name"], "strategy": config.get("strategy"), "backbone": backbone.get("name"),
             "weights": backbone.get("source"), "protocol": metrics.get("protocol", config.get("protocol")),
-            "accuracy %": _pct(metrics.get("accuracy")), "± 95 % CI": _pct(metrics.get("ci95")),
+            "accuracy %": _pct(metrics.get("accuracy")), "95 % CI low": _pct(_interval(metrics)[0]),
+            "95 % CI high": _pct(_interval(metrics)[1]),
             "balanced acc %": _pct(metrics.get("balanced_accuracy")), "macro F1 %": _pct(metrics.get("macro_f1")),
             "images": metrics.get("n_images"), "train time s": _round(metrics.get("train_seconds")),
             "date": (config.get("created_at") or "")[:19].replace("T", " "),
         })
     return rows
+
+
+def _interval(metrics: dict) -> tuple[float | None, float | None]:
+    """(low, high) of the 95 % interval; runs saved before ``ci_low`` existed get the Wilson interval."""
+    if metrics.get("ci_low") is not None:
+        return metrics["ci_low"], metrics["ci_high"]
+    if metrics.get("accuracy") is None or not metrics.get("n_test"):
+        return None, None
+    return accuracy_interval(metrics["accuracy"], int(metrics["n_test"]))
 
 
 def _pct(value: float | None) -> float | None:

@@ -42,16 +42,19 @@ def test_best_run_prefers_accuracy_then_the_newest():
     assert run_tables.best_run([]) is None
 
 
-def test_accuracy_text_shows_the_confidence_interval_when_there_is_one():
-    assert run_tables.accuracy_text({"accuracy": 0.8333, "ci95": 0.121}) == "83.3 % ± 12.1"
-    assert run_tables.accuracy_text({"accuracy": 0.5, "ci95": math.nan}) == "50.0 %"
+def test_accuracy_text_shows_an_interval_that_does_not_collapse_at_100_percent():
+    assert run_tables.accuracy_text({"accuracy": 0.75, "ci_low": 0.6, "ci_high": 0.85, "n_test": 40}) == \
+        "75.0 % (60.0-85.0, n=40)"
+    text = run_tables.accuracy_text({"accuracy": 1.0, "ci95": 0.0, "n_test": 24})  # a run saved before ci_low
+    assert text.startswith("100.0 % (86.") and text.endswith("-100.0, n=24)")
+    assert run_tables.accuracy_text({"accuracy": 0.5, "n_test": 0}) == "n/a (nothing tested)"
     assert run_tables.accuracy_text({}) == "–"
     assert run_tables.percent(None) == "–"
 
 
 def test_run_table_has_one_row_per_run_in_percent():
     rows = run_tables.run_table([fake_run("r1", "linear", 0.75, ci95=math.nan), fake_run("r2", "finetune", None)])
-    assert rows[0]["accuracy %"] == 75.0 and rows[0]["± 95 % CI"] is None and rows[0]["train time s"] == 1.2
+    assert rows[0]["accuracy %"] == 75.0 and rows[0]["95 % CI low"] is None and rows[0]["train time s"] == 1.2
     assert rows[0]["date"] == "2026-12-01 10:20:30" and rows[0]["protocol"] == "loo"
     assert rows[1]["strategy"] == "finetune" and rows[1]["accuracy %"] is None
 

@@ -242,7 +242,7 @@ def test_same_bytes_in_two_class_folders_of_one_import_is_a_conflict(project, tm
 
 
 def test_cli_import_prints_conflicts_and_skipped_entries(home, tmp_path, capsys):
-    from fsl_app.store.cli import main
+    from fsl_app.cli.store import main
 
     root = write_imagefolder(tmp_path / "data", {"cat": [("x.png", digit_png(0))], "dog": [("y\x1b.png", digit_png(0))],
                                                  ".cache": digit_files(1, start=1)})

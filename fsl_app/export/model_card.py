@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from ..intervals import format_accuracy
 from .prepare import Exportable
 
 __all__ = ["model_card"]
@@ -32,7 +33,7 @@ def model_card(exportable: Exportable, quantize: str | None = None) -> str:
         rows,
         "",
         f"- Evaluation: {metrics.get('protocol', '?')} on {metrics.get('n_test', '?')} held-out predictions, accuracy "
-        f"{_percent(metrics.get('accuracy'))} ± {_percent(metrics.get('ci95'))} (95 % CI), balanced accuracy "
+        f"{format_accuracy(metrics)} (95 % interval), balanced accuracy "
         f"{_percent(metrics.get('balanced_accuracy'))}, macro F1 {_number(metrics.get('macro_f1'))}.",
         f"- Backbone: `{info['backbone']['name']}` ({info['backbone']['source']} weights); strategy: "
         f"`{info['strategy']}` with {json.dumps(info['params'])}.",

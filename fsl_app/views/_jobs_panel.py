@@ -38,7 +38,7 @@ def finished_card(view: jobs.JobView) -> None:
             st.markdown(f":material/check_circle: **{view.title}** · {view.elapsed_s:.0f} s")
             columns = st.columns([3, 2, 2])
             columns[0].metric(f"Accuracy ({metrics.get('protocol')})", run_tables.accuracy_text(metrics),
-                              help="mean accuracy on held-out images ± 95 % confidence interval")
+                              help="accuracy on held-out images with its 95 % interval and the number of tested images")
             columns[1].metric("Balanced accuracy", run_tables.percent(metrics.get("balanced_accuracy")))
             columns[2].metric("Tested images", metrics.get("n_test"))
         elif view.status == jobs.FAILED:

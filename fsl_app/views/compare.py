@@ -21,7 +21,8 @@ def runs_table(runs: list[dict]) -> None:
     st.dataframe(run_tables.run_table(runs), hide_index=True, width="stretch",
                  column_config={"run": st.column_config.TextColumn("run", width="medium"),
                                 "accuracy %": st.column_config.NumberColumn(format="%.1f"),
-                                "± 95 % CI": st.column_config.NumberColumn(format="%.1f")})
+                                "95 % CI low": st.column_config.NumberColumn(format="%.1f"),
+                                "95 % CI high": st.column_config.NumberColumn(format="%.1f")})
 
 
 def queue_all_strategies(project, backbone: dict) -> None:
