@@ -119,7 +119,12 @@ class ImageSet:
 def training_warnings(images: ImageSet) -> list[str]:
     """Problems with the labeled images that do not stop training but make its evaluation say less; the fronts
     show them before training starts."""
-    singles = [name for name, count in images.labeled().class_counts().items() if count == 1]
+    return class_count_warnings(images.labeled().class_counts())
+
+
+def class_count_warnings(class_counts: dict[str, int]) -> list[str]:
+    """:func:`training_warnings` from the number of labeled images per class."""
+    singles = [name for name, count in class_counts.items() if count == 1]
     if not singles:
         return []
     return [f"class(es) {', '.join(map(repr, singles))} have a single image: it has to stay in training, so they "

@@ -25,12 +25,8 @@ def import_report() -> None:
     report = shown["report"]
     with st.container(border=True):
         st.success(f"{len(report.added)} image(s) added to {shown['target']}.", icon=":material/check:")
-        if report.duplicates:
-            names = ", ".join(f"{item.name} (already in {item.existing_label or 'unlabeled'})"
-                              for item in report.duplicates)
-            st.info(f"{len(report.duplicates)} duplicate(s) skipped: {names}", icon=":material/content_copy:")
-        for name, reason in report.rejected:
-            st.error(f"Rejected {name}: {reason}", icon=":material/block:")
+        for level, text in report.lines():  # duplicates, skipped entries, label conflicts, rejected files
+            {"info": st.info, "warning": st.warning, "error": st.error}[level](text)
         st.button("Dismiss", key="dismiss-report", on_click=lambda: st.session_state.pop("import_report", None))
 
 

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from fsl_app import augment, backbones, training_job
+from fsl_app.dataset import class_count_warnings
 from fsl_app.evaluation import PROTOCOL_LABELS
 from fsl_app.features import describe_device, pick_device
 from fsl_app.strategies import get_strategy_class, list_strategies
@@ -122,6 +123,8 @@ def readiness(project) -> bool:
         _nav.link(_nav.DATA, "Go to Data")
         return False
     st.caption(f"{sum(counts.values())} labeled images in {len(counts)} classes · device: {device_text()}")
+    for warning in class_count_warnings(counts):
+        st.warning(warning, icon=":material/warning:")
     return True
 
 
