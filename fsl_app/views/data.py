@@ -3,7 +3,7 @@
 import streamlit as st
 
 from fsl_app.store import StoreError
-from fsl_app.views import _data_edit, _data_suggestions, _shared
+from fsl_app.views import _data_edit, _data_suggestions, _label_review, _shared
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp", "zip"]
 
@@ -91,5 +91,6 @@ overview(project)
 add_images_section(project)
 _data_edit.browse_section(project)
 _data_edit.class_tools(project)
+_label_review.review_labels_section(project)
 _data_suggestions.suggestions_section(project)
 _data_suggestions.duplicates_section(project)
