@@ -10,6 +10,7 @@ bench:
 	$(PYTHON) $(BENCH)/bench_finetune_step.py --quick
 	$(PYTHON) $(BENCH)/bench_easyfsl.py --quick
 	$(PYTHON) $(BENCH)/bench_fewshot_digits.py --quick
+	$(PYTHON) $(BENCH)/bench_label_errors.py --quick
 	$(PYTHON) $(BENCH)/bench_gpu.py
 	$(PYTHON) $(BENCH)/collect.py
 
@@ -19,6 +20,7 @@ bench-full:
 	$(PYTHON) $(BENCH)/bench_finetune_step.py
 	$(PYTHON) $(BENCH)/bench_easyfsl.py
 	$(PYTHON) $(BENCH)/bench_fewshot_digits.py
+	$(PYTHON) $(BENCH)/bench_label_errors.py
 	$(PYTHON) $(BENCH)/bench_gpu.py
 	$(PYTHON) $(BENCH)/collect.py
 

@@ -5,10 +5,12 @@ Every labeled image is predicted by a model that never saw it: refits of the str
 (Northcutt, Jiang and Chuang, "Confident Learning: Estimating Uncertainty in Dataset Labels", JAIR 2021) then gives
 each class a threshold, the mean probability the held-out predictions give that class on the images labeled with it
 (its self-confidence). An image is flagged when some class reaches its own threshold and the most probable such class
-is not the given label (an off-diagonal entry of the confident joint). Per-class thresholds keep a class the model is
-unsure about everywhere from filling the queue, and a class it is sure about from hiding its mistakes. Flagged images
-come first, then the others; within each group images are ordered by the normalized margin (given-label probability
-minus the best other class's), reported as a suspicion score in [0, 1].
+is not the given label (an off-diagonal entry of the confident joint).
+
+Images are ranked by their self-confidence relative to their class's threshold (given-label probability divided by
+the threshold): a 0.5 is alarming in a class the model usually gets at 0.95 and ordinary in one it gets at 0.4.
+Flagged images are not moved to the front: benchmarks/bench_label_errors.py compares this order on planted label
+flips with plain lowest-probability ranking and with flagged-first, normalized-margin ordering (benchmarks/RESULTS.md).
 
 The store never imports this module; fronts call :func:`check_labels` and relabel through the store.
 """
@@ -47,7 +49,7 @@ class LabelIssue:
     sha256: str
     label: str  # the current label
     suggested_label: str  # the confident class when flagged, else the most probable other class
-    score: float  # suspicion in [0, 1]: (1 - normalized margin) / 2; above 0.5 the model prefers another class
+    score: float  # suspicion in [0, 1]: 1 - given-label probability / class threshold (0 at or above the threshold)
     flagged: bool  # confident learning counts this label as an error
     given_probability: float
     suggested_probability: float
@@ -76,9 +78,10 @@ class LabelCheck:
 
     @property
     def review_queue(self) -> list[LabelIssue]:
-        """What a person should look at: the flagged labels, then those where the held-out model prefers another
-        class without reaching that class's threshold (score above 0.5); a prefix of ``issues``."""
-        return [issue for issue in self.issues if issue.flagged or issue.score > 0.5]
+        """What a person should look at, most suspicious first: the flagged labels and those where the held-out
+        model prefers another class without that class reaching its threshold."""
+        return [issue for issue in self.issues
+                if issue.flagged or issue.suggested_probability > issue.given_probability]
 
     def to_dict(self) -> dict:
         return {**asdict(self), "n_flagged": len(self.flagged), "n_review": len(self.review_queue)}
@@ -88,10 +91,11 @@ class LabelCheck:
 class LabelRanking:
     """Confident-learning verdicts for n images with out-of-fold probabilities over c classes."""
 
-    order: np.ndarray  # (n,) image indices, most suspicious first
-    flagged: np.ndarray  # (n,) bool
+    order: np.ndarray  # (n,) image indices, most suspicious first (lowest relative self-confidence)
+    flagged: np.ndarray  # (n,) bool: off the diagonal of the confident joint
     suggested: np.ndarray  # (n,) class index
-    suspicion: np.ndarray  # (n,) in [0, 1]
+    relative_confidence: np.ndarray  # (n,) given-label probability / its class threshold
+    suspicion: np.ndarray  # (n,) in [0, 1]: 1 - relative confidence, clipped
     thresholds: np.ndarray  # (c,)
 
 
@@ -126,12 +130,11 @@ def rank_label_issues(probabilities: np.ndarray, given: np.ndarray) -> LabelRank
     flagged = confident.any(1) & (confident_class != given)
     others = proba.copy()
     others[rows, given] = -np.inf
-    margin = proba[rows, given] - others.max(1)
-    suspicion = (1.0 - margin) / 2.0
     suggested = np.where(flagged, confident_class, others.argmax(1))
-    order = np.lexsort((rows, -suspicion, ~flagged))  # flagged first, then most suspicious, then input order
-    return LabelRanking(order=order, flagged=flagged, suggested=suggested, suspicion=suspicion,
-                        thresholds=thresholds)
+    relative = proba[rows, given] / np.maximum(thresholds[given], _TOLERANCE)
+    order = np.lexsort((rows, relative))  # least confident relative to the class first, ties in input order
+    return LabelRanking(order=order, flagged=flagged, suggested=suggested, relative_confidence=relative,
+                        suspicion=np.clip(1.0 - relative, 0.0, 1.0), thresholds=thresholds)
 
 
 # --- data checks ----------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def add_check_labels_action(actions, common: argparse.ArgumentParser) -> None:
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--top", type=int, default=DEFAULT_TOP, help="rows to show (default %(default)s; 0: all)")
     check.add_argument("--all", action="store_true",
-                       help="list every checked image, not only the review queue (flagged labels, then labels the "
+                       help="list every checked image, not only the review queue (flagged labels and labels the "
                             "held-out model prefers another class for)")
     check.add_argument("--json", action="store_true", help="print a JSON list, most suspicious first")
     check.set_defaults(func=cmd_check_labels, handler=cmd_check_labels)
