@@ -132,25 +132,36 @@ def dataset_rows(name: str, images: ImageSet, backbone, strategies, seeds: int) 
     for per_class in SHOTS:
         for strategy in strategies:
             trials = [one_trial(images, per_class, strategy, backbone, seed) for seed in range(seeds)]
-            summary = summarise(trials)
-            first = trials[0]
-            setting = f"{name}, {per_class}/class ({first['n']} images, {first['k']} flipped), {strategy}"
-            rows.append([setting, first["protocol"], text([t[CHECK] for t in trials]), text([t[LOWEST] for t in trials]),
-                         text([t[FLAGGED_FIRST] for t in trials]), f"{summary[RANDOM][0]:.2f}",
-                         text([t[CHECK] - t[LOWEST] for t in trials]), verdict_vs_self(summary)])
-            detail.append([setting, f"{np.mean([t['flagged'] for t in trials]):.1f}",
-                           f"{np.mean([t['flagged_flips'] for t in trials]):.1f} of {first['k']}",
-                           f"{np.mean([t['queue'] for t in trials]):.1f}",
-                           text([t["queue_recall"] for t in trials]),
-                           f"{np.median([t['seconds'] for t in trials]):.2f}"])
+            setting = (f"{name}, {per_class}/class ({trials[0]['n']} images, {trials[0]['k']} flipped), "
+                       f"{strategy}")
+            rows.append(precision_row(setting, trials))
+            detail.append(flagging_row(setting, trials))
             print(rows[-1], detail[-1], flush=True)
             if strategy == "linear":  # the check's default strategy: the goals
-                goals.append([f"{name}, {per_class}/class: top-k precision of the check > random ({seeds} seeds)",
-                              f"{summary[CHECK][0]:.2f} ± {summary[CHECK][1]:.2f} vs {summary[RANDOM][0]:.2f}",
-                              verdict_vs_random(summary)])
-                goals.append([f"{name}, {per_class}/class: check vs lowest given-label probability (paired)",
-                              f"{summary['vs_self'][0]:+.2f} ± {summary['vs_self'][1]:.2f}", verdict_vs_self(summary)])
+                goals += goal_rows(f"{name}, {per_class}/class", trials)
     return rows, goals, detail
+
+
+def precision_row(setting: str, trials: list[dict]) -> list:
+    return [setting, trials[0]["protocol"], text([t[CHECK] for t in trials]), text([t[LOWEST] for t in trials]),
+            text([t[FLAGGED_FIRST] for t in trials]), f"{summarise(trials)[RANDOM][0]:.2f}",
+            text([t[CHECK] - t[LOWEST] for t in trials]), verdict_vs_self(summarise(trials))]
+
+
+def flagging_row(setting: str, trials: list[dict]) -> list:
+    return [setting, f"{np.mean([t['flagged'] for t in trials]):.1f}",
+            f"{np.mean([t['flagged_flips'] for t in trials]):.1f} of {trials[0]['k']}",
+            f"{np.mean([t['queue'] for t in trials]):.1f}", text([t["queue_recall"] for t in trials]),
+            f"{np.median([t['seconds'] for t in trials]):.2f}"]
+
+
+def goal_rows(project: str, trials: list[dict]) -> list[list]:
+    summary = summarise(trials)
+    return [[f"{project}: top-k precision of the check > random ({len(trials)} seeds)",
+             f"{summary[CHECK][0]:.2f} ± {summary[CHECK][1]:.2f} vs {summary[RANDOM][0]:.2f}",
+             verdict_vs_random(summary)],
+            [f"{project}: check vs lowest given-label probability (paired)",
+             f"{summary['vs_self'][0]:+.2f} ± {summary['vs_self'][1]:.2f}", verdict_vs_self(summary)]]
 
 
 def main() -> None:
