@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -202,3 +204,11 @@ def test_cli_user_errors_exit_1_with_one_line(flipped_project, capsys, tmp_path)
     assert run_cli(["project", "check-labels", lonely.name, "--backbone", TINY, "--weights", "random"]) == 1
     err = capsys.readouterr().err
     assert "needs at least 2 classes" in err and "Traceback" not in err
+
+
+def test_adding_the_action_does_not_import_torch():
+    code = ("import argparse, sys; from fsl_app.label_check_cli import add_check_labels_action; "
+            "add_check_labels_action(argparse.ArgumentParser().add_subparsers(), argparse.ArgumentParser("
+            "add_help=False)); print(sorted(m for m in ('torch', 'timm', 'sklearn') if m in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.strip() == "[]"

@@ -65,7 +65,8 @@ def review_queue(project) -> None:
     pending = pending_issues(project, check)
     st.caption(f"{len(check.flagged)} of {len(check.issues)} labels look wrong to {check.strategy} and "
                f"{len(check.review_queue) - len(check.flagged)} more are worth a look ({check.protocol}: each image "
-               f"held out once). {len(pending)} left to review, most suspicious first.")
+               f"held out once). {len(pending)} left to review, most suspicious first. With a few images per class "
+               "the held-out model is often wrong itself: these are images to look at, not verdicts.")
     if check.unchecked:
         st.caption(f"Not checked (the only image of its class): {', '.join(check.unchecked)}")
     if not pending:
