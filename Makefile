@@ -11,6 +11,7 @@ bench:
 	$(PYTHON) $(BENCH)/bench_easyfsl.py --quick
 	$(PYTHON) $(BENCH)/bench_fewshot_digits.py --quick
 	$(PYTHON) $(BENCH)/bench_shift.py --quick
+	$(PYTHON) $(BENCH)/bench_label_errors.py --quick
 	$(PYTHON) $(BENCH)/bench_gpu.py
 	$(PYTHON) $(BENCH)/collect.py
 
@@ -21,6 +22,7 @@ bench-full:
 	$(PYTHON) $(BENCH)/bench_easyfsl.py
 	$(PYTHON) $(BENCH)/bench_fewshot_digits.py
 	$(PYTHON) $(BENCH)/bench_shift.py
+	$(PYTHON) $(BENCH)/bench_label_errors.py
 	$(PYTHON) $(BENCH)/bench_gpu.py
 	$(PYTHON) $(BENCH)/collect.py
 

@@ -27,6 +27,7 @@ PHASE_NAMES = {"evaluate": "evaluating (fit and test on each split)", "fit": "fi
                "done": "saving the run"}
 CACHED_BACKBONES = 3
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+SAMPLE_STRATEGIES = ("linear", "protonet")  # the sample's first runs: two that score differently on it
 
 
 @dataclass(frozen=True)
@@ -169,15 +170,17 @@ def sample_backbone() -> tuple[str, str]:
     return DEFAULT_BACKBONE, "auto"
 
 
-def start_sample(queue: JobQueue) -> tuple[str, str]:
-    """Create (or top up) the sample project and queue a first linear-probe run; returns (project name, job id)."""
+def start_sample(queue: JobQueue) -> tuple[str, list[str]]:
+    """Create (or top up) the sample project and queue one run per strategy of SAMPLE_STRATEGIES (a first Compare
+    page); returns (project name, job ids)."""
     from .sample_data import load_sample_project
 
     project = load_sample_project()
     try:
         backbone, weights = sample_backbone()
-        request = TrainRequest(str(project.path), backbone, weights, "linear",
-                               default_params("linear", seed=0, project_augment=None), "auto", 0)
-        return project.name, submit_training(queue, request, owner=project.name)
+        requests = [TrainRequest(str(project.path), backbone, weights, strategy,
+                                 default_params(strategy, seed=0, project_augment=None), "auto", 0)
+                    for strategy in SAMPLE_STRATEGIES]
+        return project.name, [submit_training(queue, request, owner=project.name) for request in requests]
     finally:
         project.close()

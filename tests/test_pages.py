@@ -22,6 +22,7 @@ from fsl_app.store import create_project, open_project
 APP = Path(__file__).resolve().parents[1] / "fsl_app" / "app.py"
 LAUNCHER = Path(__file__).resolve().parents[1] / "app.py"
 TIMEOUT = 60
+CLASSES = ("zero", "one", "seven")  # of the sample digits: the pages' test projects
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +32,7 @@ def tiny_backbones(monkeypatch):
 
 def new_project(prefix: str = "pages", *, per_class: int = 4, unlabeled: int = 1) -> str:
     project = create_project(f"{prefix} {uuid.uuid4().hex[:8]}")
-    images = sample_data.sample_images(per_class, unlabeled)
+    images = sample_data.sample_images(per_class, unlabeled, classes=CLASSES)
     for label in dict.fromkeys(image.label for image in images):
         project.import_files([(image.name, image.data) for image in images if image.label == label], label)
     return project.name
@@ -81,7 +82,7 @@ def labels(widgets) -> list[str]:
 
 
 def png(name: str = "extra") -> tuple[str, bytes, str]:
-    image = sample_data.sample_images(12, 0)[-1]
+    image = sample_data.sample_images(12, 0, classes=CLASSES)[-1]
     return f"{name}.png", image.data, "image/png"
 
 
@@ -122,13 +123,20 @@ def test_page_urls_stay_the_file_names_of_the_views():
                                                                 "Export & try"]
 
 
-def test_sample_button_loads_the_sample_and_trains_a_first_model():
+def test_sample_button_loads_the_sample_and_trains_two_strategies_to_compare():
     at = open_page(None)
     at.button(key="sample-button").click().run()
     assert at.session_state["project"] == sample_data.SAMPLE_PROJECT_NAME
     assert at.title[0].value == f"Train · {sample_data.SAMPLE_PROJECT_NAME}"
     run_until(at, lambda at: any(metric.label.startswith("Accuracy") for metric in at.metric))
-    assert open_project(sample_data.SAMPLE_PROJECT_NAME).stats().n_labeled == 24
+    project = open_project(sample_data.SAMPLE_PROJECT_NAME)
+    assert project.stats().n_labeled == 50 and len(project.classes()) == 10
+    deadline = time.monotonic() + 120
+    while len(run_tables.project_runs(project.path)) < 2:
+        assert time.monotonic() < deadline, "the second sample run never finished"
+        time.sleep(0.5)
+    strategies = {run["config"]["strategy"] for run in run_tables.project_runs(project.path)}
+    assert strategies == set(training_job.SAMPLE_STRATEGIES) == {"linear", "protonet"}
 
 
 # --- Data -----------------------------------------------------------------------------------------------------------

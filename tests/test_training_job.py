@@ -144,8 +144,10 @@ def test_job_progress_follows_the_epochs_of_the_current_fit():
 def test_the_sample_run_uses_the_tiny_backbone_in_test_mode(monkeypatch, queue):
     monkeypatch.setenv(TEST_BACKBONES_ENV, "1")
     assert training_job.sample_backbone() == (TINY, "random")
-    name, job_id = training_job.start_sample(queue)
+    name, job_ids = training_job.start_sample(queue)
     assert name == sample_data.SAMPLE_PROJECT_NAME
-    assert queue.wait(job_id, timeout=120).status == jobs.DONE
+    views = [queue.wait(job_id, timeout=120) for job_id in job_ids]
+    assert [view.status for view in views] == [jobs.DONE] * 2
+    assert [view.meta["strategy"] for view in views] == ["linear", "protonet"]
     monkeypatch.setenv(TEST_BACKBONES_ENV, "0")
     assert training_job.sample_backbone() == ("tf_efficientnet_lite0", "auto")

@@ -19,6 +19,7 @@ from typing import Callable
 from ..dataset import DataError
 from ..images import ImageError, is_image_name
 from ..store.errors import StoreError
+from .check_labels import add_check_labels_action
 from ..store.importing import ImportReport, import_paths
 from ..store.suggest import suggest_for_project
 from ..store.workspace import (create_project, delete_project, list_projects, open_project, rename_project,
@@ -28,7 +29,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def add_store_commands(subparsers) -> None:
-    """Add ``project create|list|import|export|stats|rename|delete|fsck`` and ``suggest`` to ``subparsers``."""
+    """Add ``project create|list|import|export|stats|rename|delete|fsck|check-labels`` and ``suggest`` to ``subparsers``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", default=None,
                         help="workspace folder (default: $FSL_APP_HOME, else the user data folder)")
@@ -95,6 +96,7 @@ def _add_project_actions(actions, common: argparse.ArgumentParser) -> None:
     fsck.add_argument("project")
     fsck.add_argument("--verify-hashes", action="store_true", help="also re-hash every image file (slow)")
     fsck.set_defaults(**_handler(_fsck))
+    add_check_labels_action(actions, common)
 
 
 def _handler(handler: Handler) -> dict[str, Handler]:

@@ -2,12 +2,12 @@
 
 import streamlit as st
 
-from fsl_app import run_tables, training_job
+from fsl_app import run_tables, sample_data, training_job
 from fsl_app.views import _nav, _shared
 
 
 def start_sample() -> None:
-    """on_click: build the sample project, queue its first training run, then open the Train page."""
+    """on_click: build the sample project, queue its first training runs, then open the Train page."""
     try:
         name, _ = training_job.start_sample(_shared.job_queue())
     except Exception as error:  # noqa: BLE001 - shown to the user in words
@@ -20,8 +20,11 @@ def start_sample() -> None:
 def sample_card() -> None:
     with st.container(border=True):
         st.subheader(":material/rocket_launch: Try it with sample data")
-        st.write("Loads 24 labeled handwritten digits (zero, one, seven) and 6 unlabeled ones, then trains a "
-                 "linear probe on a pretrained backbone: a model within a minute, no internet needed.")
+        classes, strategies = len(sample_data.SAMPLE_CLASSES), training_job.SAMPLE_STRATEGIES
+        st.write(f"Loads {classes * sample_data.LABELED_PER_CLASS} labeled handwritten digits ({classes} classes "
+                 f"of {sample_data.LABELED_PER_CLASS}) and {classes * sample_data.UNLABELED_PER_CLASS} unlabeled "
+                 f"ones, then trains {len(strategies)} strategies ({', '.join(strategies)}) on a pretrained "
+                 "backbone: models to compare within a minute, no internet needed.")
         st.button("Load the sample and train", type="primary", on_click=start_sample, key="sample-button")
         if st.session_state.get("sample_error"):
             st.error(st.session_state.pop("sample_error"))

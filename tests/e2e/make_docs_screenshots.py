@@ -2,8 +2,9 @@
 
     .venv/bin/python tests/e2e/make_docs_screenshots.py [--out docs]
 
-Starts its own studio on a free port with a temporary project store, loads the sample data, trains a linear probe,
-ProtoNet and a short fine-tuning (captured while its curves are live), then saves docs/screenshot-<page>.png.
+Starts its own studio on a free port with a temporary project store, loads the sample data (which trains a linear
+probe and ProtoNet), trains a short fine-tuning (captured while its curves are live), then saves
+docs/screenshot-<page>.png.
 Takes one to three minutes on a CPU. Not collected by pytest (the browser test is test_browser.py).
 """
 
@@ -75,9 +76,7 @@ def make_screenshots(server: str, out: Path, folder: Path) -> None:
         page.set_default_timeout(120_000)
         page.goto(server)
         page.get_by_role("button", name="Load the sample and train").click()
-        wait_for_runs(page, 1)
-        train(page, "protonet")
-        wait_for_runs(page, 2)
+        wait_for_runs(page, 2)  # the sample queues linear and protonet
         train(page, "finetune", epochs=8, lr=0.01)
         page.locator(".js-plotly-plot").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
         page.wait_for_timeout(4000)
