@@ -18,7 +18,7 @@ from conftest import make_digits_folder
 from fsl_app.dataset import DataError, ImageRecord, ImageSet
 from fsl_app.features import images_to_batch
 from fsl_app.strategies import (FeatureStrategy, NotFittedError, StepLog, Strategy, create_strategy,
-                                get_strategy_class, list_strategies, register_strategy)
+                                get_strategy_class, list_strategies, load_strategy, register_strategy)
 
 # Settings per strategy; a strategy not listed here is tested with its defaults, so a new one is covered at once.
 SETTINGS_BY_STRATEGY = {
@@ -133,7 +133,7 @@ def test_to_module_softmax_equals_predict_proba(fitted, query_set, tiny_backbone
 def test_save_load_round_trip_gives_identical_probabilities(fitted, query_set, tiny_backbone, tmp_path):
     fitted.strategy.save(tmp_path)
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "model.json").is_file()
-    loaded = Strategy.load(tmp_path, tiny_backbone)
+    loaded = load_strategy(tmp_path, tiny_backbone)
     assert type(loaded) is type(fitted.strategy)
     assert loaded.get_params() == fitted.strategy.get_params()
     assert loaded.classes_ == fitted.strategy.classes_
@@ -291,7 +291,7 @@ def test_unicode_class_names_survive_save_and_load(digits_set, tiny_backbone, tm
     strategy = create_strategy("protonet").fit(renamed, backbone=tiny_backbone)
     strategy.save(tmp_path)
     assert "café ☕" in (tmp_path / "model.json").read_bytes().decode("utf-8")
-    assert Strategy.load(tmp_path, tiny_backbone).classes_ == ["café ☕", "猫"]
+    assert load_strategy(tmp_path, tiny_backbone).classes_ == ["café ☕", "猫"]
 
 
 # --- the heads are exactly what they claim to be ---------------------------------------------------------------------
