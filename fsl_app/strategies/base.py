@@ -313,5 +313,6 @@ def _checked_features(features: torch.Tensor, what: str, *, dim: int | None = No
     bad = (~torch.isfinite(features)).any(dim=1)
     if bad.any():
         raise DataError(f"{what} hold NaN or infinite values in {int(bad.sum())} of {len(features)} rows (first: "
-                        f"row {int(bad.nonzero()[0])}). Re-extract them (clear the feature cache) or drop those images.")
+                        f"row {int(bad.nonzero()[0])}). Re-extract them (clear the feature cache) or drop those "
+                        "images.")
     return features

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 @register_strategy
 class FineTune(Strategy):
     name = "finetune"
-    summary = "train the backbone with a new head on your images: slowest, best on images far from photos"
+    summary = "trains the backbone with a new head: slowest, best on images far from photos (ignores the pool)"
     param_help = {
         "mode": "head: train only the new head; last_n: also the last N layer groups; full: every layer (slowest, "
                 "and the most accurate on images far from ImageNet photos)",

@@ -38,7 +38,7 @@ DISTANCES = ("euclidean", "cosine")
 @register_strategy
 class ProtoNet(KeepsPrototypes, FeatureStrategy):
     name = "protonet"
-    summary = "nearest class mean (prototype) on frozen features; optional episodic backbone training (ignores the pool)"
+    summary = "nearest class mean on frozen features, optionally after episodic training (ignores the pool)"
     param_help = {
         "distance": "how a query is compared with the class prototypes",
         "normalize": "cl2n: centre on the mean feature, then scale to unit length (SimpleShot); l2; none",
