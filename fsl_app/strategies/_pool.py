@@ -9,11 +9,14 @@ needs the pool to predict. The steps they share live here:
 - an outlier gate keeps only the pool images whose best cosine similarity to a class prototype reaches the median
   similarity that labeled images get to the prototype of a class they do NOT belong to: an image of a class nobody
   labeled looks, to every prototype, like an image of another class, so it should not pull any prototype;
-- with fewer than 2 pool images left the fit falls back to the strategy's inductive version (``pool_used_ == 0``).
+- when the gate turns away most of the pool, the pool as a whole looks unlike the labeled classes (a folder of
+  other classes, another domain): the fit falls back to the strategy's inductive version and logs why
+  (``pool_used_ == 0``); so it does with fewer than 2 pool images.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import abstractmethod
 from typing import ClassVar
 
@@ -24,7 +27,10 @@ from torch import nn
 from ._heads import FeatureNormalizer
 from .base import FeatureStrategy
 
+log = logging.getLogger(__name__)
+
 OUTLIER_MODES = ("gate", "off")
+MIN_INLIER_SHARE = 0.5  # below this share of gated-in pool images, the pool is judged foreign and left out
 POOL_PARAM_HELP = {
     "outliers": "gate: pool images less similar to every class than labeled images are to other classes are left "
                 "out (images of classes nobody labeled); off: use every pool image",
@@ -44,9 +50,18 @@ class PoolFeatureStrategy(FeatureStrategy):
             x = normalizer(features)
             u = None if pool is None else normalizer(pool)
         if u is not None and self.outliers == "gate":
-            u = u[inlier_mask(x, y, u)]
+            inliers = inlier_mask(x, y, u)
+            if inliers.float().mean() < MIN_INLIER_SHARE:
+                log.warning("%s: only %d of %d pool images look like the labeled classes; fitted without the pool.",
+                            self.name, int(inliers.sum()), len(u))
+                inliers[:] = False
+            u = u[inliers]
         if u is not None and len(u) < 2:
             u = None
+        if u is None and pool is not None:  # the inductive fit: centred on the labeled images alone
+            normalizer = FeatureNormalizer.fit(features, "cl2n")
+            with torch.no_grad():
+                x = normalizer(features)
         self.pool_used_ = 0 if u is None else len(u)
         return self._fit_normalized(normalizer, x, y, u)
 
