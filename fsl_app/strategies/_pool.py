@@ -30,7 +30,7 @@ from .base import FeatureStrategy
 log = logging.getLogger(__name__)
 
 OUTLIER_MODES = ("gate", "off")
-MIN_INLIER_SHARE = 0.5  # below this share of gated-in pool images, the pool is judged foreign and left out
+MIN_INLIER_SHARE = 0.4  # below this share of gated-in pool images, the pool is judged foreign and left out
 POOL_PARAM_HELP = {
     "outliers": "gate: pool images less similar to every class than labeled images are to other classes are left "
                 "out (images of classes nobody labeled); off: use every pool image",

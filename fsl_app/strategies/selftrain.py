@@ -49,7 +49,7 @@ class SelfTraining(PoolFeatureStrategy):
     param_ranges = {"C": (1e-6, None), "target_precision": (0.0, 1.0), "fallback_fraction": (0.0, 1.0),
                     "pseudo_weight": (0.0, None), "rounds": (0, 10), "max_pool": (2, None)}
 
-    def __init__(self, *, C: float = 10.0, target_precision: float = 0.9, fallback_fraction: float = 0.5,
+    def __init__(self, *, C: float = 100.0, target_precision: float = 0.9, fallback_fraction: float = 0.5,
                  pseudo_weight: float = 1.0, rounds: int = 1, outliers: str = "gate", max_pool: int = 2000,
                  seed: int = 0):
         self.C = C
