@@ -270,6 +270,8 @@ def test_episodic_protonet_is_a_strategy_on_images_with_the_protonet_name(suppor
     assert isinstance(frozen, FeatureStrategy) and not isinstance(tuned, FeatureStrategy)
     assert tuned.name == "protonet" and tuned.get_params() == {**frozen.get_params(), "finetune_episodes": 2}
     assert type(tuned.clone()) is type(tuned)
+    with pytest.raises(ValueError, match="create a new one"):  # set_params cannot change the type
+        create_strategy("protonet").set_params(finetune_episodes=3).fit_features(torch.randn(4, 8), list("aabb"))
     tuned.fit(support_set, backbone=tiny_backbone)
     assert [role for role, _, _ in tuned.map_points()] == ["prototype"] * 3
     tuned.save(tmp_path)

@@ -61,6 +61,12 @@ class ProtoNet(KeepsPrototypes, FeatureStrategy):
         self.finetune_lr = finetune_lr
         self.seed = seed
 
+    def check_params(self) -> None:
+        super().check_params()
+        if self.finetune_episodes > 0:  # only set_params can get here: the constructor builds an EpisodicProtoNet
+            raise ValueError("a frozen ProtoNet cannot start episodic fine-tuning: create a new one with "
+                             "create_strategy('protonet', finetune_episodes=N) instead of set_params.")
+
     def _fit_head(self, features: torch.Tensor, y: np.ndarray, unlabeled: torch.Tensor | None) -> nn.Module:
         normalizer = FeatureNormalizer.fit(features, self.normalize)
         with torch.no_grad():
