@@ -14,8 +14,8 @@ Ours: fsl_app's strategies through ``fit_features(support, labels, unlabeled=...
 fitted head on the queries (the exported model, which never sees the pool). easyfsl's transductive methods (identity
 backbone) get the same support, and the same unlabeled images through ``forward(queries + pool)``; their predictions
 on the queries are scored. Configurations are chosen on separate validation episodes (seed 1): our best among our
-configurations, and for each easyfsl method raw or CL2N features; the test episodes (seed 0) then compare the two
-choices. A difference smaller than the 95% CI of the paired per-episode differences is called a tie.
+configurations, and for each easyfsl method raw or CL2N features (``--quick``: CL2N, their better choice in
+``bench_easyfsl.py`` for these methods); the test episodes (seed 0) then compare the two choices. A difference smaller than the 95% CI of the paired per-episode differences is called a tie.
 
 Run alone: ``.venv/bin/python benchmarks/bench_pool.py [--quick] [--episodes N]``.
 """
@@ -44,9 +44,11 @@ POOL_SIZE = {"digits": 100, "patches": 40}  # patches: the smallest classes leav
 INDUCTIVE = {"linear (logreg)": ("linear", {}), "linear (svm)": ("linear", {"classifier": "svm"}),
              "protonet": ("protonet", {})}
 POOL_AWARE = {"selftrain": ("selftrain", {}), "selftrain, no outlier gate": ("selftrain", {"outliers": "off"}),
+              "selftrain, logreg head": ("selftrain", {"classifier": "logreg"}),
               "bdcspn": ("bdcspn", {}), "bdcspn, no k-NN": ("bdcspn", {"laplacian": 0.0}),
               "alpha_tim (alpha 2)": ("alpha_tim", {}), "alpha_tim (alpha 7)": ("alpha_tim", {"alpha": 7.0}),
               "alpha_tim (alpha 1 = TIM)": ("alpha_tim", {"alpha": 1.0})}
+ABLATIONS = ("selftrain, logreg head", "bdcspn, no k-NN", "alpha_tim (alpha 7)")  # left out by --quick
 IN_POOL_SCENARIOS = ("selftrain", "selftrain, no outlier gate", "bdcspn", "alpha_tim (alpha 2)")
 DEFAULT = "selftrain"  # what "use the unlabeled pool" runs
 SCENARIOS = {"imbalanced pool (Dirichlet 2)": {"imbalance": 2.0}, "30% outliers": {"outliers": 0.3}}
@@ -130,12 +132,14 @@ def compare(ours: list[float], theirs: list[float]) -> tuple[float, float, str]:
     return mean, half, verdict
 
 
-def balanced_section(title: str, features, labels, classes, counts: dict) -> tuple[str, list, dict]:
+def balanced_section(title: str, features, labels, classes, counts: dict, quick: bool) -> tuple[str, list, dict]:
     """Balanced transductive episodes: choose on validation, compare on test. Returns text, goal rows and the
     choices made on validation per shot: {"easyfsl": {method: preprocessing}, "inductive": our inductive best}."""
     methods = easyfsl_methods()
-    theirs_all = {f"easyfsl {name} [{prep}]": (cls, prep) for name, cls in methods.items() for prep in ("raw", "CL2N")}
-    ours_all = {**INDUCTIVE, **POOL_AWARE}
+    preprocessings = ("CL2N",) if quick else ("raw", "CL2N")
+    theirs_all = {f"easyfsl {name} [{prep}]": (cls, prep) for name, cls in methods.items() for prep in preprocessings}
+    ours_all = {**INDUCTIVE, **{name: config for name, config in POOL_AWARE.items()
+                                if not (quick and name in ABLATIONS)}}
     rows, goals, choices = [], [], {}
     for k_shot in SHOTS:
         validation = accuracies(features, labels, classes, episodes(labels, k_shot, counts["validation"], 1),
@@ -143,7 +147,7 @@ def balanced_section(title: str, features, labels, classes, counts: dict) -> tup
         test, seconds = accuracies(features, labels, classes, episodes(labels, k_shot, counts["test"], 0),
                                    ours_all, theirs_all)
         our_choice = max(ours_all, key=lambda name: np.mean(validation[name]))
-        preps = {name: max(("raw", "CL2N"), key=lambda p: np.mean(validation[f"easyfsl {name} [{p}]"]))
+        preps = {name: max(preprocessings, key=lambda p: np.mean(validation[f"easyfsl {name} [{p}]"]))
                  for name in methods}
         their_choice = max((f"easyfsl {n} [{p}]" for n, p in preps.items()), key=lambda m: np.mean(validation[m]))
         choices[k_shot] = {"easyfsl": preps, "inductive": max(INDUCTIVE, key=lambda n: np.mean(validation[n]))}
@@ -214,7 +218,8 @@ def timing_section(features: torch.Tensor, labels: np.ndarray, classes: list[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="10 validation and 20 test episodes instead of 50 / 200")
+    parser.add_argument("--quick", action="store_true", help="10 validation and 20 test episodes instead of 50 / 200, "
+                        "no ablations, easyfsl on CL2N features only")
     parser.add_argument("--episodes", type=int, default=None, help="test episodes per protocol")
     parser.add_argument("--validation", type=int, default=None, help="validation episodes per protocol")
     args = parser.parse_args()
@@ -235,7 +240,7 @@ def main() -> None:
     for title, folder in (("digits", _datasets.digits_folder()), ("patches", _datasets.patches_folder())):
         images = ImageSet.from_folder(folder)
         features, labels = extractor.extract(images), images.label_indices()
-        text, rows, choices = balanced_section(title, features, labels, images.classes, counts)
+        text, rows, choices = balanced_section(title, features, labels, images.classes, counts, args.quick)
         sections.append(text)
         goals += rows
         text, rows = pool_section(title, features, labels, images.classes, counts["test"], POOL_SIZE[title], choices)

@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from ..augment import PRESETS
 from ..backbones import Backbone
 from ..dataset import DataError, ImageSet
 from ..features import get_extractor
@@ -119,8 +120,6 @@ class Strategy(ABC):
     def param_specs(cls) -> list[ParamSpec]:
         """How the fronts show each hyperparameter (``seed`` left out: the front sets it), from the class's
         ``param_help``, ``param_choices`` and ``param_ranges``; ``augment`` offers the presets."""
-        from ..augment import PRESETS
-
         specs = []
         for name, default in cls.param_defaults().items():
             if name == "seed":
