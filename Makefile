@@ -9,6 +9,7 @@ bench:
 	$(PYTHON) $(BENCH)/bench_latency.py --quick
 	$(PYTHON) $(BENCH)/bench_finetune_step.py --quick
 	$(PYTHON) $(BENCH)/bench_easyfsl.py --quick
+	$(PYTHON) $(BENCH)/bench_pool.py --quick
 	$(PYTHON) $(BENCH)/bench_fewshot_digits.py --quick
 	$(PYTHON) $(BENCH)/bench_shift.py --quick
 	$(PYTHON) $(BENCH)/bench_label_errors.py --quick
@@ -20,6 +21,7 @@ bench-full:
 	$(PYTHON) $(BENCH)/bench_latency.py
 	$(PYTHON) $(BENCH)/bench_finetune_step.py
 	$(PYTHON) $(BENCH)/bench_easyfsl.py
+	$(PYTHON) $(BENCH)/bench_pool.py
 	$(PYTHON) $(BENCH)/bench_fewshot_digits.py
 	$(PYTHON) $(BENCH)/bench_shift.py
 	$(PYTHON) $(BENCH)/bench_label_errors.py

@@ -18,6 +18,7 @@ SECTIONS = [  # (file, script that writes it)
     ("results/latency.md", "bench_latency.py"),
     ("results/finetune_step.md", "bench_finetune_step.py"),
     ("results/easyfsl.md", "bench_easyfsl.py"),
+    ("results/pool.md", "bench_pool.py"),
     ("results/fewshot_digits.md", "bench_fewshot_digits.py"),
     ("results/shift.md", "bench_shift.py"),
     ("results/gpu.md", "bench_gpu.py"),

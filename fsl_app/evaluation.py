@@ -17,10 +17,10 @@ from sklearn.metrics import confusion_matrix, f1_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from .backbones import Backbone
-from .dataset import DataError, ImageSet
+from .dataset import DataError, ImageRecord, ImageSet
 from .features import get_extractor
 from .intervals import accuracy_interval, mean_interval
-from .strategies.base import OnStep, Strategy
+from .strategies.base import FeatureStrategy, OnStep, Strategy
 
 PROTOCOL_LABELS = {  # every protocol of evaluate(), with what it does in words (for pickers)
     "auto": "auto (leave-one-out for few images, else 5-fold; hold-out for fine-tuning)",
@@ -143,7 +143,7 @@ def mean_ci95(values: np.ndarray) -> float:
 def choose_protocol(strategy: Strategy, y: np.ndarray) -> str:
     """Leave-one-out in the few-shot regime (up to 60 images, or up to 300 with a class of at most 5): every image
     is tested once. Above that, 5-fold is as honest and ~20x cheaper. Strategies that train the backbone: hold-out."""
-    if not strategy.uses_frozen_features:
+    if not isinstance(strategy, FeatureStrategy):
         return "holdout"
     counts = np.bincount(y)[np.bincount(y) > 0]
     if counts.min() < 2:
@@ -189,13 +189,16 @@ def _holdout(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np
 # --- protocols --------------------------------------------------------------------------------------------------
 
 def evaluate(strategy: Strategy, images: ImageSet, backbone: Backbone, *, protocol: str = "auto", seed: int = 0,
-             folds: int = 5, test_size: float = 0.25, progress: Progress = None,
-             on_step: OnStep = None) -> EvaluationReport:
+             folds: int = 5, test_size: float = 0.25, progress: Progress = None, on_step: OnStep = None,
+             unlabeled: ImageSet | None = None) -> EvaluationReport:
     """Fit clones of ``strategy`` on the training part of each split and score the held-out images.
 
-    ``on_step`` gets the StepLogs of every split's fit (a long fine-tuning is drawn, and can be cancelled by raising
-    from it, before its first split ends).
+    Every split's fit gets the pool ``unlabeled`` (default: the unlabeled images of ``images``) as its unlabeled
+    images; held-out images are never part of it, and no label of theirs reaches the fit. ``on_step`` gets the
+    StepLogs of every split's fit (a long fine-tuning is drawn, and can be cancelled by raising from it, before its
+    first split ends).
     """
+    pool = _without_labels(images.unlabeled() if unlabeled is None else unlabeled)
     images = images.labeled()
     images.check_trainable()
     classes = images.classes
@@ -205,10 +208,16 @@ def evaluate(strategy: Strategy, images: ImageSet, backbone: Backbone, *, protoc
     splits = list(split_indices(protocol, y, folds=folds, test_size=test_size, seed=seed))
     if not splits:
         raise DataError("no class has 2 images, so nothing can be held out. Add a second image to some classes.")
-    features = get_extractor(backbone).extract(images) if strategy.uses_frozen_features else None
+    features = pool_features = None
+    if isinstance(strategy, FeatureStrategy):
+        features = get_extractor(backbone).extract(images)
+        if strategy.uses_unlabeled and len(pool):
+            pool_features = get_extractor(backbone).extract(pool)
     tested, predicted, probabilities, split_scores = [], [], [], []
     for number, (train, test) in enumerate(splits, 1):
-        proba = _fit_predict(strategy, images, backbone, features, train, test, classes, on_step)
+        split_features = None if features is None else (features[train], features[test], pool_features)
+        proba = _fit_predict(strategy, backbone, classes, images.subset(train), _without_labels(images.subset(test)),
+                             pool, features=split_features, on_step=on_step)
         tested.extend(test.tolist())
         predicted.extend(proba.argmax(1).tolist())
         probabilities.extend(proba.tolist())
@@ -224,57 +233,179 @@ def evaluate(strategy: Strategy, images: ImageSet, backbone: Backbone, *, protoc
                             split_accuracies=split_scores, **metrics)
 
 
-def _fit_predict(strategy: Strategy, images: ImageSet, backbone: Backbone, features: torch.Tensor | None,
-                 train: np.ndarray, test: np.ndarray, classes: list[str], on_step: OnStep = None) -> torch.Tensor:
-    """Probabilities (len(test), len(classes)) of a clone fitted on ``train``; absent classes get 0."""
+def _fit_predict(strategy: Strategy, backbone: Backbone, classes: list[str], support: ImageSet, test: ImageSet,
+                 pool: ImageSet | None = None, *, features: tuple | None = None,
+                 on_step: OnStep = None) -> torch.Tensor:
+    """Probabilities (len(test), len(classes)) of a clone fitted on ``support`` with ``pool`` as its unlabeled
+    images; classes absent from ``support`` get 0.
+
+    ``features``: (support (n, d), test (t, d), pool (m, d) or None) for a FeatureStrategy, which then never touches
+    the images; otherwise the clone is fitted on the images.
+    """
     model = strategy.clone()
-    train_labels = [images[int(i)].label for i in train]
     if features is not None:
-        model.backbone_ = backbone
-        model.fit_features(features[train], train_labels)
-        proba = model.predict_proba(features[test])
+        support_features, test_features, pool_features = features
+        model.fit_features(support_features, support.labels, backbone=backbone, unlabeled=pool_features)
+        proba = model.predict_proba(test_features)
     else:
-        model.fit(images.subset(train), backbone=backbone, on_step=on_step)
-        proba = model.predict_proba(images.subset(test))
+        model.fit(support, backbone=backbone, unlabeled=pool if pool is not None and len(pool) else None,
+                  on_step=on_step)
+        proba = model.predict_proba(test)
     full = torch.zeros(len(test), len(classes))
     full[:, [classes.index(c) for c in model.classes_]] = proba.float()
     return full
 
 
-def sample_episode(y: np.ndarray, n_way: int, k_shot: int, n_query: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Support and query indices of one N-way K-shot episode."""
-    eligible = np.flatnonzero(np.bincount(y) >= k_shot + n_query)
+def _without_labels(images: ImageSet) -> ImageSet:
+    return ImageSet(ImageRecord(r.path, r.sha256, None) for r in images.records)
+
+
+def sample_episode(y: np.ndarray, n_way: int, k_shot: int, n_query: int, rng: np.random.Generator, *,
+                   y_query: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Support and query indices of one N-way K-shot episode.
+
+    With ``y_query`` (labels of a second image set with the same class indices) the queries are indices into that
+    set: support from one domain, queries from another.
+    """
+    if y_query is None:
+        eligible = np.flatnonzero(np.bincount(y) >= k_shot + n_query)
+        needed = f"at least {k_shot + n_query} images"
+    else:
+        size = max(len(np.bincount(y)), len(np.bincount(y_query)))
+        eligible = np.flatnonzero((np.bincount(y, minlength=size) >= k_shot)
+                                  & (np.bincount(y_query, minlength=size) >= n_query))
+        needed = f"at least {k_shot} images and {n_query} query images"
     if len(eligible) < n_way:
-        raise DataError(f"{n_way}-way {k_shot}-shot with {n_query} queries needs {n_way} classes with at least "
-                        f"{k_shot + n_query} images; only {len(eligible)} have that many. Lower --n-way, "
-                        "--k-shot or --queries.")
+        raise DataError(f"{n_way}-way {k_shot}-shot with {n_query} queries needs {n_way} classes with {needed}; "
+                        f"only {len(eligible)} have that many. Lower --n-way, --k-shot or --queries.")
     support, query = [], []
     for label in rng.choice(eligible, size=n_way, replace=False):
-        members = rng.choice(np.flatnonzero(y == label), size=k_shot + n_query, replace=False)
-        support.extend(members[:k_shot])
-        query.extend(members[k_shot:])
+        if y_query is None:
+            members = rng.choice(np.flatnonzero(y == label), size=k_shot + n_query, replace=False)
+            support.extend(members[:k_shot])
+            query.extend(members[k_shot:])
+        else:
+            support.extend(rng.choice(np.flatnonzero(y == label), size=k_shot, replace=False))
+            query.extend(rng.choice(np.flatnonzero(y_query == label), size=n_query, replace=False))
     return np.array(support), np.array(query)
 
 
+def sample_pool(y: np.ndarray, episode_classes: np.ndarray, exclude: np.ndarray, size: int, rng: np.random.Generator,
+                *, imbalance: float | None = None, outliers: float = 0.0) -> np.ndarray:
+    """Indices of ``size`` pool images, none in ``exclude``: a share ``outliers`` from classes outside the episode,
+    the rest from ``episode_classes``, spread evenly or, with ``imbalance`` = alpha, by Dirichlet(alpha) proportions
+    (a class with too few images left passes its surplus to the others)."""
+    n_outside = int(round(outliers * size))
+    available = np.ones(len(y), dtype=bool)
+    available[np.asarray(exclude, dtype=np.int64)] = False
+    inside = [rng.permutation(np.flatnonzero(available & (y == label))) for label in episode_classes]
+    shares = rng.dirichlet(np.full(len(inside), imbalance)) if imbalance else np.full(len(inside), 1 / len(inside))
+    counts = _allocate(size - n_outside, shares, np.array([len(members) for members in inside]), rng)
+    outside = np.flatnonzero(available & ~np.isin(y, episode_classes))
+    if n_outside > len(outside):
+        raise DataError(f"{n_outside} outlier pool images need as many images of classes outside the episode; only "
+                        f"{len(outside)} exist. Lower --pool or --pool-outliers.")
+    chosen = [members[:count] for members, count in zip(inside, counts)]
+    chosen.append(rng.choice(outside, size=n_outside, replace=False))
+    return np.concatenate(chosen).astype(np.int64)
+
+
+def _allocate(total: int, shares: np.ndarray, capacity: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Counts per class summing to ``total``, drawn by ``shares``, none above ``capacity``."""
+    if total > capacity.sum():
+        raise DataError(f"a pool of {total} images of the episode's classes needs that many images besides the "
+                        f"support and query images; only {int(capacity.sum())} are left. Lower --pool or --queries.")
+    counts = np.minimum(rng.multinomial(total, shares), capacity)
+    while counts.sum() < total:
+        room = capacity - counts
+        weights = shares * (room > 0)
+        weights = weights / weights.sum() if weights.sum() > 0 else (room > 0) / (room > 0).sum()
+        counts = np.minimum(counts + rng.multinomial(total - counts.sum(), weights), capacity)
+    return counts
+
+
 def evaluate_episodes(strategy: Strategy, images: ImageSet, backbone: Backbone, *, n_way: int, k_shot: int,
-                      n_query: int = 15, episodes: int = 300, seed: int = 0,
-                      progress: Progress = None) -> EpisodeReport:
-    """Mean accuracy (percent) and 95% CI over seeded episodes; the same seed gives the same episodes."""
+                      n_query: int = 15, episodes: int = 300, seed: int = 0, progress: Progress = None,
+                      transductive: bool = False, pool: int = 0, pool_imbalance: float | None = None,
+                      pool_outliers: float = 0.0, query_images: ImageSet | None = None) -> EpisodeReport:
+    """Mean accuracy (percent) and 95% CI over seeded episodes; the same seed gives the same episodes, for every
+    strategy and every pool setting (the pool is drawn from a generator of its own).
+
+    ``transductive`` gives each episode's queries (without labels) to the fit as unlabeled images, the literature's
+    protocol; ``pool`` adds that many unlabeled images that are not scored (``pool_imbalance``: Dirichlet alpha of
+    their class shares; ``pool_outliers``: the share from classes outside the episode). ``query_images`` (same class
+    names) supplies the queries and the pool: support from one domain, test on another.
+    """
+    _check_pool_settings(pool, pool_imbalance, pool_outliers)
     images = images.labeled()
     classes = images.classes
     y = images.label_indices(classes)
-    sample_episode(y, n_way, k_shot, n_query, np.random.default_rng(seed))  # impossible settings fail before extraction
-    rng = np.random.default_rng(seed)
-    features = get_extractor(backbone).extract(images, progress=progress is not None) \
-        if strategy.uses_frozen_features else None
+    target = images if query_images is None else _matching_classes(query_images.labeled(), classes)
+    y_target = None if query_images is None else target.label_indices(classes)
+    rng, pool_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    _check_episode_settings(y, y_target, n_way, k_shot, n_query, pool, pool_outliers, seed)  # before extraction
+    features = target_features = None
+    if isinstance(strategy, FeatureStrategy):
+        features = get_extractor(backbone).extract(images, progress=progress is not None)
+        target_features = features if query_images is None else get_extractor(backbone).extract(target)
     accuracies = []
     for number in range(1, episodes + 1):
-        support, query = sample_episode(y, n_way, k_shot, n_query, rng)
-        proba = _fit_predict(strategy, images, backbone, features, support, query, classes)
-        accuracies.append(float((proba.argmax(1).numpy() == y[query]).mean()))
+        support, query = sample_episode(y, n_way, k_shot, n_query, rng, y_query=y_target)
+        y_pool = y if y_target is None else y_target
+        used = np.concatenate([query, support]) if y_target is None else query
+        extra = sample_pool(y_pool, np.unique(y[support]), used, pool, pool_rng, imbalance=pool_imbalance,
+                            outliers=pool_outliers) if pool else np.zeros(0, dtype=np.int64)
+        unlabeled = np.concatenate([query, extra]) if transductive else extra
+        episode_features = None if features is None else (
+            features[support], target_features[query], target_features[unlabeled] if len(unlabeled) else None)
+        proba = _fit_predict(strategy, backbone, classes, images.subset(support), _without_labels(target.subset(query)),
+                             _without_labels(target.subset(unlabeled)), features=episode_features)
+        accuracies.append(float((proba.argmax(1).numpy() == (y if y_target is None else y_target)[query]).mean()))
         if progress:
             progress(number, episodes)
     values = np.array(accuracies) * 100
     return EpisodeReport(n_way=n_way, k_shot=k_shot, n_query=n_query, episodes=episodes,
                          mean_accuracy=float(values.mean()), ci95=mean_ci95(values), accuracies=accuracies)
+
+
+def _check_pool_settings(pool: int, imbalance: float | None, outliers: float) -> None:
+    if pool < 0:
+        raise ValueError(f"--pool must be 0 or more, got {pool}.")
+    if imbalance is not None and imbalance <= 0:
+        raise ValueError(f"--pool-imbalance is a Dirichlet alpha and must be > 0, got {imbalance} (2: mildly uneven, "
+                         "0.5: very uneven).")
+    if not 0 <= outliers <= 1:
+        raise ValueError(f"--pool-outliers is a fraction of the pool in [0, 1], got {outliers}.")
+    if (imbalance is not None or outliers > 0) and pool == 0:
+        raise ValueError("--pool-imbalance and --pool-outliers shape the extra pool: add --pool N (e.g. --pool 100).")
+
+
+def _check_episode_settings(y: np.ndarray, y_target: np.ndarray | None, n_way: int, k_shot: int, n_query: int,
+                            pool: int, outliers: float, seed: int) -> None:
+    """Raise DataError now, before features are extracted, for episodes or pools the data cannot supply."""
+    sample_episode(y, n_way, k_shot, n_query, np.random.default_rng(seed), y_query=y_target)
+    if not pool:
+        return
+    y_pool = y if y_target is None else y_target
+    counts = np.bincount(y_pool, minlength=int(max(y.max(), y_pool.max())) + 1)
+    taken = k_shot + n_query if y_target is None else n_query
+    eligible = np.sort(counts[counts >= taken])
+    inside_capacity = int((eligible[:n_way] - taken).sum())  # the n_way smallest classes an episode may draw
+    n_outside = int(round(outliers * pool))
+    if pool - n_outside > inside_capacity:
+        raise DataError(f"a pool of {pool - n_outside} images of the episode's classes needs that many images besides "
+                        f"the support and query images; the smallest classes leave only {inside_capacity}. Lower "
+                        "--pool or --queries.")
+    outside_capacity = int(len(y_pool) - np.sort(counts)[::-1][:n_way].sum())
+    if n_outside > outside_capacity:
+        raise DataError(f"{n_outside} outlier pool images need as many images of classes outside the episode; the "
+                        f"largest classes leave only {outside_capacity}. Lower --pool or --pool-outliers.")
+
+
+def _matching_classes(query_images: ImageSet, classes: list[str]) -> ImageSet:
+    if query_images.classes != classes:
+        missing = sorted(set(classes) - set(query_images.classes))
+        extra = sorted(set(query_images.classes) - set(classes))
+        raise DataError(f"the query data must have the same class folders as the support data; missing {missing}, "
+                        f"unknown {extra}. Rename or remove folders so both match.")
+    return query_images

@@ -8,7 +8,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _shim_until_merge  # shim until merge: strategy.map_points() on this branch
 from .backbones import BackboneError
 from .dataset import ImageRecord, ImageSet
 from .images import decode_image, sha256_bytes
@@ -54,8 +53,7 @@ def embedding_map(strategy, run: dict, method: str = "pca", *, seed: int = 0,
     if len(images) == 0:
         return EmbeddingMap([], method, "The images of this run are no longer on disk.")
     vectors = strategy.embed(images).detach().float().cpu().numpy()
-    extra = [(role, label, _as_array(vector))  # shim until merge: becomes strategy.map_points()
-             for role, label, vector in _shim_until_merge.map_points(strategy, vectors, images.labels)]
+    extra = [(role, label, _as_array(vector)) for role, label, vector in strategy.map_points()]
     stacked = np.concatenate([vectors, np.stack([v for _, _, v in extra])]) if extra else vectors
     xy = project_2d(stacked, method, seed=seed)
     outcome = {p["index"]: p["true"] == p["predicted"] for p in run.get("predictions") or []}

@@ -29,7 +29,7 @@ from .dataset import DataError, ImageRecord, ImageSet
 from .evaluation import choose_protocol, evaluate
 from .runs import read_run
 from .store import Project
-from .strategies import Strategy, create_strategy
+from .strategies import FeatureStrategy, Strategy, create_strategy
 
 MIN_CLASSES = 2
 MIN_IMAGES_PER_CLASS = 2  # one to hold out, one to learn the class from
@@ -163,7 +163,7 @@ def check_protocol(strategy: Strategy, y: np.ndarray, protocol: str = "auto") ->
     counts = np.bincount(y)
     if counts[counts > 0].min() < 2:
         return "loo"  # k-fold cannot keep a class of one in training
-    return choose_protocol(strategy, y) if strategy.uses_frozen_features else "kfold"
+    return choose_protocol(strategy, y) if isinstance(strategy, FeatureStrategy) else "kfold"
 
 
 def out_of_fold_probabilities(strategy: Strategy, images: ImageSet, backbone: Backbone, *, protocol: str = "auto",
@@ -243,6 +243,6 @@ def strategy_from_run(run_dir: str | Path, *, quick: bool = False,
     if not spec.get("name"):
         raise DataError(f"{run_dir} has no backbone in its config.json. Pass a run folder made by `fsl-app train`.")
     strategy = create_strategy(config["strategy"], **config.get("params", {}))
-    if quick and not strategy.uses_frozen_features:
+    if quick and not isinstance(strategy, FeatureStrategy):
         strategy = create_strategy(QUICK_STAND_IN)
     return strategy, load(spec["name"], spec.get("weights", "auto"))

@@ -34,8 +34,7 @@ from .backbones import Backbone, load_backbone
 from .dataset import ImageSet
 from .evaluation import EvaluationReport, evaluate
 from .features import describe_device, pick_device
-from .strategies import Strategy, StepLog
-from .strategies.base import Strategy as StrategyBase
+from .strategies import Strategy, StepLog, load_strategy
 
 PARTIAL_SUFFIX = ".partial"
 WRITER_LOCK = ".writer.lock"
@@ -225,4 +224,4 @@ def load_run(run_dir: str | Path) -> tuple[Strategy, Backbone]:
     if not spec.get("source", "").startswith("tuned") and backbone.id != spec["id"]:
         raise ValueError(f"the backbone weights found now ({backbone.id}) differ from those the run was trained "
                          f"with ({spec['id']}). Reinstall the same weights or retrain the run.")
-    return StrategyBase.load(run_dir, backbone), backbone
+    return load_strategy(run_dir, backbone), backbone

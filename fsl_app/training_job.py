@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import _shim_until_merge  # noqa: F401  shim until merge: gives Strategy.param_specs() on this branch
 from .atomic import write_bytes_atomic
 from .backbones import DEFAULT_BACKBONE, TEST_BACKBONES, load_backbone, offering_test_backbones
 from .jobs import JobContext, JobQueue, JobView

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
+import torch
 
 from fsl_app import evaluation
 from fsl_app.dataset import DataError, ImageRecord, ImageSet
 from fsl_app.evaluation import (EvaluationReport, binomial_ci95, choose_protocol, classification_metrics, evaluate,
                                 evaluate_episodes, mean_ci95, sample_episode, split_indices)
-from fsl_app.strategies import create_strategy
+from conftest import make_digits_folder
+from fsl_app.strategies import FeatureStrategy, Strategy, create_strategy
 
 LABEL_VECTORS = {
     "balanced": np.repeat([0, 1, 2], 6),
@@ -263,3 +266,213 @@ def test_episodes_need_enough_classes(digits_set, tiny_backbone):
     with pytest.raises(DataError, match="needs 4 classes"):
         evaluate_episodes(create_strategy("protonet"), digits_set, tiny_backbone, n_way=4, k_shot=1, n_query=1,
                           episodes=2)
+
+
+# --- pools: what each fit may see ---------------------------------------------------------------------------------
+
+class SpyOnFeatures(FeatureStrategy):
+    """Records what each fit and prediction receives; decides by nearest class mean."""
+
+    name = "spy_on_features"
+    uses_unlabeled = True
+    calls: ClassVar[list[dict]] = []
+
+    def __init__(self, *, seed: int = 0):
+        self.seed = seed
+
+    def fit_features(self, features, labels, *, backbone=None, unlabeled=None):
+        SpyOnFeatures.calls.append({"features": features.clone(), "labels": list(labels),
+                                    "unlabeled": None if unlabeled is None else unlabeled.clone()})
+        return super().fit_features(features, labels, backbone=backbone, unlabeled=unlabeled)
+
+    def _fit_head(self, features, y, unlabeled):
+        from fsl_app.strategies._heads import FeatureNormalizer, LinearHead
+
+        means = torch.stack([features[torch.as_tensor(y == c)].mean(0) for c in range(int(y.max()) + 1)])
+        return LinearHead(FeatureNormalizer.fit(features, "none"), 2 * means, -(means ** 2).sum(1))
+
+    def predict_proba(self, images_or_features):
+        SpyOnFeatures.calls[-1]["test"] = images_or_features.clone()
+        return super().predict_proba(images_or_features)
+
+
+class SpyOnImages(Strategy):
+    """An image strategy that records the records each fit and prediction receives; predicts uniformly."""
+
+    name = "spy_on_images"
+    uses_unlabeled = True
+    calls: ClassVar[list[dict]] = []
+
+    def __init__(self, *, seed: int = 0):
+        self.seed = seed
+
+    def fit(self, support, *, backbone, unlabeled=None, on_step=None):
+        SpyOnImages.calls.append({"support": list(support.records),
+                                  "unlabeled": [] if unlabeled is None else list(unlabeled.records)})
+        self.classes_ = support.classes
+        return self
+
+    def predict_proba(self, images_or_features):
+        SpyOnImages.calls[-1]["test"] = list(images_or_features.records)
+        return torch.full((len(images_or_features), len(self.classes_)), 1 / len(self.classes_))
+
+    def embed(self, images):
+        raise NotImplementedError
+
+    def to_module(self):
+        raise NotImplementedError
+
+    def _state_tensors(self):
+        raise NotImplementedError
+
+    def _restore(self, meta, tensors, backbone):
+        raise NotImplementedError
+
+
+@pytest.fixture(scope="module")
+def with_pool(digits_set, tmp_path_factory) -> ImageSet:
+    """The 18 labeled digits plus 4 unlabeled ones (other images of the same classes)."""
+    extra = ImageSet.from_folder(make_digits_folder(tmp_path_factory.mktemp("pool"), per_class=2, offset=20))
+    pool = [ImageRecord(r.path, r.sha256, None) for r in extra.records[:4]]
+    return ImageSet(list(digits_set.records) + pool)
+
+
+def rows_of(matrix: torch.Tensor, rows: torch.Tensor) -> set[int]:
+    """Indices of ``matrix`` rows that also appear in ``rows``."""
+    return {i for i, row in enumerate(matrix) if any(torch.equal(row, other) for other in rows)}
+
+
+@pytest.mark.parametrize("protocol", ["loo", "kfold", "holdout"])
+def test_feature_fits_get_the_pool_and_never_a_test_image_or_label(protocol, with_pool, tiny_backbone):
+    from fsl_app.features import get_extractor
+
+    SpyOnFeatures.calls.clear()
+    report = evaluate(SpyOnFeatures(), with_pool, tiny_backbone, protocol=protocol, folds=3)
+    labeled = with_pool.labeled()
+    features = get_extractor(tiny_backbone).extract(labeled)
+    pool_features = get_extractor(tiny_backbone).extract(with_pool.unlabeled())
+    assert len(SpyOnFeatures.calls) == len(report.split_accuracies)
+    tested = set()
+    for call in SpyOnFeatures.calls:
+        test_rows = rows_of(features, call["test"])
+        train_rows = rows_of(features, call["features"])
+        assert test_rows and not test_rows & train_rows
+        assert call["labels"] == [labeled[i].label for i in sorted(train_rows)]
+        assert torch.equal(call["unlabeled"], pool_features)  # the project's pool, and nothing else
+        assert not rows_of(features, call["unlabeled"])
+        tested |= test_rows
+    assert tested == set(report.test_indices)
+
+
+@pytest.mark.parametrize("protocol", ["loo", "kfold", "holdout"])
+def test_image_fits_get_the_pool_without_labels_and_never_a_test_image(protocol, with_pool, tiny_backbone):
+    SpyOnImages.calls.clear()
+    evaluate(SpyOnImages(), with_pool, tiny_backbone, protocol=protocol, folds=3)
+    pool_shas = {r.sha256 for r in with_pool.unlabeled().records}
+    for call in SpyOnImages.calls:
+        support = {r.sha256 for r in call["support"]}
+        tests = {r.sha256 for r in call["test"]}
+        assert not support & tests and not tests & {r.sha256 for r in call["unlabeled"]}
+        assert {r.sha256 for r in call["unlabeled"]} == pool_shas
+        assert all(r.label is None for r in call["unlabeled"] + call["test"])
+        assert all(r.label is not None for r in call["support"])
+
+
+def test_an_explicit_pool_replaces_the_images_own(with_pool, digits_set, tiny_backbone):
+    SpyOnImages.calls.clear()
+    evaluate(SpyOnImages(), digits_set, tiny_backbone, protocol="holdout", unlabeled=with_pool.unlabeled())
+    assert len(SpyOnImages.calls[0]["unlabeled"]) == 4
+
+
+def test_transductive_episodes_pass_the_queries_and_the_extra_pool_without_labels(digits_set, tiny_backbone):
+    SpyOnImages.calls.clear()
+    evaluate_episodes(SpyOnImages(), digits_set, tiny_backbone, n_way=2, k_shot=1, n_query=2, episodes=3,
+                      transductive=True, pool=2)
+    labels = {r.sha256: r.label for r in digits_set.records}
+    for call in SpyOnImages.calls:
+        support = {r.sha256 for r in call["support"]}
+        queries = [r.sha256 for r in call["test"]]
+        unlabeled = [r.sha256 for r in call["unlabeled"]]
+        assert unlabeled[:4] == queries and len(unlabeled) == 6  # the queries first, then 2 extra pool images
+        assert not support & set(unlabeled)
+        assert {labels[sha] for sha in unlabeled} <= {r.label for r in call["support"]}  # episode classes only
+        assert all(r.label is None for r in call["unlabeled"] + call["test"])
+
+
+def test_episodes_and_their_pools_do_not_depend_on_the_pool_settings(digits_set, tiny_backbone, recorded_episodes):
+    def run(**pool_settings):
+        recorded_episodes.clear()
+        SpyOnImages.calls.clear()
+        evaluate_episodes(SpyOnImages(), digits_set, tiny_backbone, n_way=2, k_shot=1, n_query=2, episodes=4,
+                          seed=3, **pool_settings)
+        return list(recorded_episodes), [[r.sha256 for r in c["unlabeled"]] for c in SpyOnImages.calls]
+
+    plain, no_pool = run()
+    with_pool, pools = run(pool=3, transductive=True)
+    again, pools_again = run(pool=3, transductive=True)
+    assert plain == with_pool == again and pools == pools_again
+    assert all(p == [] for p in no_pool) and all(len(p) == 7 for p in pools)
+
+
+def test_pool_outliers_come_from_classes_outside_the_episode():
+    y = np.repeat(np.arange(6), 30)
+    rng = np.random.default_rng(0)
+    exclude = np.array([0, 1, 30, 31])
+    pool = evaluation.sample_pool(y, np.array([0, 1]), exclude, 40, rng, outliers=0.25)
+    assert len(pool) == 40 and len(set(pool)) == 40 and not set(pool) & set(exclude)
+    assert (y[pool] >= 2).sum() == 10
+    assert abs((y[pool] == 0).sum() - (y[pool] == 1).sum()) <= 1  # even without imbalance
+
+
+def test_pool_imbalance_draws_dirichlet_shares_and_respects_what_is_left():
+    y = np.repeat(np.arange(5), 40)
+    spreads = [np.bincount(y[evaluation.sample_pool(y, np.arange(5), np.array([], dtype=int), 100,
+                                                    np.random.default_rng(seed), imbalance=0.5)], minlength=5)
+               for seed in range(20)]
+    assert all(counts.sum() == 100 and counts.max() <= 40 for counts in spreads)
+    assert np.mean([counts.max() - counts.min() for counts in spreads]) > 20  # far from even
+    with pytest.raises(DataError, match="Lower --pool or --queries"):
+        evaluation.sample_pool(y, np.arange(2), np.array([], dtype=int), 81, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"pool": 2, "pool_outliers": 1.5}, "fraction of the pool"),
+    ({"pool_outliers": 0.3}, "add --pool N"),
+    ({"pool": 2, "pool_imbalance": 0.0}, "must be > 0"),
+    ({"pool": -1}, "0 or more"),
+])
+def test_bad_pool_settings_are_clear_errors(settings, message, digits_set, tiny_backbone):
+    with pytest.raises(ValueError, match=message):
+        evaluate_episodes(SpyOnImages(), digits_set, tiny_backbone, n_way=2, k_shot=1, n_query=1, episodes=1,
+                          **settings)
+
+
+def test_a_pool_the_data_cannot_supply_fails_before_extraction(digits_set, tiny_backbone, monkeypatch):
+    monkeypatch.setattr(evaluation, "get_extractor", lambda *a, **k: pytest.fail("extracted before checking"))
+    with pytest.raises(DataError, match="Lower --pool or --queries"):
+        evaluate_episodes(create_strategy("protonet"), digits_set, tiny_backbone, n_way=2, k_shot=1, n_query=2,
+                          episodes=1, pool=10)
+    with pytest.raises(DataError, match="outlier pool images"):
+        evaluate_episodes(create_strategy("protonet"), digits_set, tiny_backbone, n_way=2, k_shot=1, n_query=2,
+                          episodes=1, pool=10, pool_outliers=0.9)
+
+
+def test_query_images_come_from_the_second_set(digits_set, tiny_backbone, tmp_path):
+    other = ImageSet.from_folder(make_digits_folder(tmp_path / "shifted", per_class=5, offset=30))
+    SpyOnImages.calls.clear()
+    evaluate_episodes(SpyOnImages(), digits_set, tiny_backbone, n_way=2, k_shot=2, n_query=2, episodes=2,
+                      transductive=True, pool=1, query_images=other)
+    source, target = set(digits_set.shas), set(other.shas)
+    for call in SpyOnImages.calls:
+        assert {r.sha256 for r in call["support"]} <= source
+        assert {r.sha256 for r in call["test"]} | {r.sha256 for r in call["unlabeled"]} <= target
+    mismatched = ImageSet(r for r in other.records if r.label != "digit_2")
+    with pytest.raises(DataError, match="same class folders"):
+        evaluate_episodes(SpyOnImages(), digits_set, tiny_backbone, n_way=2, k_shot=1, n_query=1, episodes=1,
+                          query_images=mismatched)
+
+
+def test_transductive_episodes_run_a_pool_strategy_on_features(digits_set, tiny_backbone):
+    report = evaluate_episodes(create_strategy("bdcspn"), digits_set, tiny_backbone, n_way=3, k_shot=1, n_query=3,
+                               episodes=3, transductive=True, pool=3, pool_imbalance=2.0)
+    assert len(report.accuracies) == 3 and 0 <= report.mean_accuracy <= 100

@@ -153,7 +153,7 @@ def test_data_page_imports_uploads_and_edits_labels_in_bulk():
     zero_uploader.set_value([png("new"), ("broken.png", b"not an image", "image/png")]).run()
     assert not at.exception
     assert any("1 image(s) added to zero" in success.value for success in at.success)
-    assert any("Rejected broken.png" in error.value for error in at.error)
+    assert any("rejected: broken.png" in error.value for error in at.error)
 
     at.text_input(key="new-class").input("eight")
     next(button for button in at.button if button.label == "Add class").click().run()

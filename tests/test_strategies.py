@@ -17,8 +17,8 @@ import torch
 from conftest import make_digits_folder
 from fsl_app.dataset import DataError, ImageRecord, ImageSet
 from fsl_app.features import images_to_batch
-from fsl_app.strategies import (FeatureStrategy, NotFittedError, StepLog, Strategy, create_strategy,
-                                get_strategy_class, list_strategies, register_strategy)
+from fsl_app.strategies import (FeatureStrategy, NotFittedError, ParamSpec, StepLog, Strategy, create_strategy,
+                                get_strategy_class, list_strategies, load_strategy, register_strategy)
 
 # Settings per strategy; a strategy not listed here is tested with its defaults, so a new one is covered at once.
 SETTINGS_BY_STRATEGY = {
@@ -26,9 +26,12 @@ SETTINGS_BY_STRATEGY = {
     "protonet": [{"distance": "euclidean"}, {"distance": "cosine"}, {"distance": "cosine", "normalize": "none"},
                  {"finetune_episodes": 2}],
     "finetune": [{"mode": mode, "epochs": 2} for mode in ("head", "last_n", "full")],
+    "bdcspn": [{}, {"laplacian": 0.0, "outliers": "off"}],
+    "alpha_tim": [{}, {"alpha": 1.0, "iterations": 5}],
+    "selftrain": [{}, {"rounds": 2, "outliers": "off"}],
 }
 # the cheapest parameters that still train, for tests that need one fit per strategy
-FAST_PARAMS = {"finetune": {"mode": "head", "epochs": 1}, "protonet": {}, "linear": {}}
+FAST_PARAMS = {"finetune": {"mode": "head", "epochs": 1}, "protonet": {}, "linear": {}, "alpha_tim": {"iterations": 10}}
 
 SETTINGS = [(name, params) for name in list_strategies() for params in SETTINGS_BY_STRATEGY.get(name, [{}])]
 
@@ -82,7 +85,7 @@ def image_batch(images: ImageSet, backbone) -> torch.Tensor:
 
 def test_every_registered_strategy_is_covered():
     assert {name for name, _ in SETTINGS} == set(list_strategies())
-    assert {"linear", "protonet", "finetune"} <= set(list_strategies())
+    assert {"linear", "protonet", "finetune", "bdcspn", "alpha_tim", "selftrain"} <= set(list_strategies())
 
 
 def test_fit_returns_self_and_sets_classes(fitted, support_set):
@@ -133,7 +136,7 @@ def test_to_module_softmax_equals_predict_proba(fitted, query_set, tiny_backbone
 def test_save_load_round_trip_gives_identical_probabilities(fitted, query_set, tiny_backbone, tmp_path):
     fitted.strategy.save(tmp_path)
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "model.json").is_file()
-    loaded = Strategy.load(tmp_path, tiny_backbone)
+    loaded = load_strategy(tmp_path, tiny_backbone)
     assert type(loaded) is type(fitted.strategy)
     assert loaded.get_params() == fitted.strategy.get_params()
     assert loaded.classes_ == fitted.strategy.classes_
@@ -171,6 +174,119 @@ def test_on_step_reports_every_epoch(fitted):
         assert set(step.to_dict()) == {"step", "epoch", "loss", "train_acc", "val_acc", "lr"}
     if fitted.strategy.name == "finetune":  # 4 images per class are too few to hold any out for validation
         assert all(step.val_acc is None for step in fitted.steps)
+
+
+# --- the contract with an unlabeled pool ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pool_set(digits_set, query_set) -> ImageSet:
+    """Unlabeled images: the query digits and the support's last two of each class, labels removed."""
+    labels = digits_set.labels
+    extra = digits_set.subset([i for i, label in enumerate(labels) if labels[:i].count(label) >= 4])
+    return ImageSet(ImageRecord(r.path, r.sha256, None) for r in list(query_set.records) + list(extra.records))
+
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_fit_with_an_unlabeled_pool_keeps_the_contract(name, support_set, pool_set, query_set, tiny_backbone, tmp_path):
+    """The pool shapes the fit; the fitted model predicts, exports and reloads without it."""
+    params = FAST_PARAMS.get(name, {})
+    with_pool = create_strategy(name, **params)
+    assert with_pool.fit(support_set, backbone=tiny_backbone, unlabeled=pool_set) is with_pool
+    proba = with_pool.predict_proba(query_set)
+    assert proba.shape == (len(query_set), 3) and torch.allclose(proba.sum(1), torch.ones(len(query_set)), atol=1e-5)
+    with torch.inference_mode():
+        logits = with_pool.to_module()(image_batch(query_set, tiny_backbone))
+    assert torch.allclose(torch.softmax(logits, 1), proba, atol=1e-4)
+    with_pool.save(tmp_path)
+    assert torch.allclose(load_strategy(tmp_path, tiny_backbone).predict_proba(query_set), proba, atol=1e-6)
+    without = create_strategy(name, **params).fit(support_set, backbone=tiny_backbone)
+    if not type(with_pool).uses_unlabeled:  # strategies that ignore the pool give the same model
+        assert torch.allclose(without.predict_proba(query_set), proba, atol=1e-5)
+    else:
+        assert with_pool.pool_used_ > 0 and without.pool_used_ == 0
+
+
+@pytest.mark.parametrize("name", [n for n in list_strategies()
+                                  if isinstance(create_strategy(n), FeatureStrategy)])
+def test_fit_features_with_and_without_unlabeled(name):
+    x, labels = blobs(3, per_class=5, seed=11)
+    pool, _ = blobs(3, per_class=20, seed=12)
+    plain = create_strategy(name, **FAST_PARAMS.get(name, {})).fit_features(x, labels)
+    pooled = create_strategy(name, **FAST_PARAMS.get(name, {})).fit_features(x, labels, unlabeled=pool)
+    assert plain.classes_ == pooled.classes_ == ["class_0", "class_1", "class_2"]
+    assert pooled.predict_proba(pool).shape == (60, 3)
+    if not type(pooled).uses_unlabeled:
+        assert torch.equal(plain.predict_proba(pool), pooled.predict_proba(pool))
+    with pytest.raises(ValueError, match="backbone="):  # fitted on features alone: it cannot export images
+        pooled.to_module()
+
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_strategies_describe_themselves(name):
+    cls = get_strategy_class(name)
+    assert cls.summary and "\n" not in cls.summary and len(cls.summary) <= 120
+    assert isinstance(cls.uses_unlabeled, bool)
+    assert cls.uses_unlabeled or "ignores the pool" in cls.summary  # what the Train page shows beside the picker
+    specs = cls.param_specs()
+    assert [spec.name for spec in specs] == [n for n in cls.param_names() if n != "seed"]
+    for spec in specs:
+        assert isinstance(spec, ParamSpec) and spec.kind in ("choice", "bool", "int", "float", "augment", "text")
+        assert spec.help, f"{name}.{spec.name} has no help text: add it to param_help"
+        assert spec.default == cls.param_defaults()[spec.name]
+        if spec.kind in ("choice", "augment"):
+            assert spec.choices and (spec.kind == "augment" or spec.default in spec.choices)
+        if spec.low is not None:
+            assert spec.default >= spec.low
+        if spec.high is not None:
+            assert spec.default <= spec.high
+
+
+def test_param_specs_carry_the_declared_choices_help_and_ranges():
+    from fsl_app.augment import PRESETS
+
+    specs = {spec.name: spec for spec in get_strategy_class("linear").param_specs()}
+    assert specs["classifier"] == ParamSpec("classifier", "logreg", "choice", ("logreg", "svm", "rbf"),
+                                            "logreg: logistic regression; svm: linear SVM; rbf: SVM with a Gaussian "
+                                            "kernel", None, None)
+    assert specs["calibrate"].kind == "bool" and specs["C"].kind == "float" and specs["C"].low > 0
+    finetune = {spec.name: spec for spec in get_strategy_class("finetune").param_specs()}
+    assert finetune["augment"].kind == "augment" and finetune["augment"].choices == tuple(PRESETS)
+    assert finetune["epochs"].kind == "int" and "seed" not in finetune
+
+
+@pytest.mark.parametrize("name, params, fragment", [
+    ("selftrain", {"target_precision": 1.5}, "target_precision must lie in"),
+    ("bdcspn", {"outliers": "maybe"}, "one of ('gate', 'off')"),
+    ("alpha_tim", {"alpha": 0.5}, "alpha must lie in"),
+])
+def test_values_outside_the_declared_range_fail_at_fit(name, params, fragment):
+    x, labels = blobs(2, per_class=4)
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        create_strategy(name, **params).fit_features(x, labels)
+
+
+def test_episodic_protonet_is_a_strategy_on_images_with_the_protonet_name(support_set, tiny_backbone, tmp_path):
+    frozen, tuned = create_strategy("protonet"), create_strategy("protonet", finetune_episodes=2)
+    assert isinstance(frozen, FeatureStrategy) and not isinstance(tuned, FeatureStrategy)
+    assert tuned.name == "protonet" and tuned.get_params() == {**frozen.get_params(), "finetune_episodes": 2}
+    assert type(tuned.clone()) is type(tuned)
+    with pytest.raises(ValueError, match="create a new one"):  # set_params cannot change the type
+        create_strategy("protonet").set_params(finetune_episodes=3).fit_features(torch.randn(4, 8), list("aabb"))
+    tuned.fit(support_set, backbone=tiny_backbone)
+    assert [role for role, _, _ in tuned.map_points()] == ["prototype"] * 3
+    tuned.save(tmp_path)
+    assert type(load_strategy(tmp_path, tiny_backbone)) is type(tuned)
+
+
+def test_protonet_map_points_are_the_class_means_in_the_embedding_space(support_set, tiny_backbone):
+    strategy = create_strategy("protonet").fit(support_set, backbone=tiny_backbone)
+    embedded = strategy.embed(support_set)
+    points = strategy.map_points()
+    assert [(role, label) for role, label, _ in points] == [("prototype", c) for c in strategy.classes_]
+    for role, label, vector in points:
+        rows = [i for i, name in enumerate(support_set.labels) if name == label]
+        assert torch.allclose(vector, embedded[rows].mean(0), atol=1e-5)
+    assert create_strategy("linear").fit(support_set, backbone=tiny_backbone).map_points() == []
 
 
 # --- the contract, per strategy ---------------------------------------------------------------------------------
@@ -291,7 +407,7 @@ def test_unicode_class_names_survive_save_and_load(digits_set, tiny_backbone, tm
     strategy = create_strategy("protonet").fit(renamed, backbone=tiny_backbone)
     strategy.save(tmp_path)
     assert "café ☕" in (tmp_path / "model.json").read_bytes().decode("utf-8")
-    assert Strategy.load(tmp_path, tiny_backbone).classes_ == ["café ☕", "猫"]
+    assert load_strategy(tmp_path, tiny_backbone).classes_ == ["café ☕", "猫"]
 
 
 # --- the heads are exactly what they claim to be ---------------------------------------------------------------------

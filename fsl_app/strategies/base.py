@@ -1,8 +1,14 @@
 """The Strategy contract (scikit-learn estimator style) and the shared frozen-feature implementation.
 
-``__init__`` stores keyword hyperparameters only; ``fit`` returns ``self`` and sets the ``*_`` attributes;
-``predict_proba`` gives (n_query, n_classes) rows that sum to 1; ``to_module`` gives one ``nn.Module`` that maps a
-preprocessed image batch (n, 3, H, W) to logits, the same for every strategy, so export has a single path.
+``__init__`` stores keyword hyperparameters only; ``fit(support, *, backbone, unlabeled=None, on_step=None)`` returns
+``self`` and sets the ``*_`` attributes; ``unlabeled`` (the pool) may shape the fit, but the fitted model never needs
+it to predict; ``predict_proba`` gives (n_query, n_classes) rows that sum to 1; ``to_module`` gives one ``nn.Module``
+that maps a preprocessed image batch (n, 3, H, W) to logits, the same for every strategy, so export has a single path.
+
+A strategy describes itself to the fronts through class attributes: ``summary`` (one line), ``uses_unlabeled``, and
+per hyperparameter its help text (``param_help``), choices (``param_choices``) and range (``param_ranges``), which
+:meth:`Strategy.param_specs` turns into :class:`ParamSpec` rows. Whether a strategy decides on cached frozen features
+is told by its type alone: ``isinstance(strategy, FeatureStrategy)``.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import os
 import threading
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -19,14 +26,16 @@ from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from ..augment import PRESETS
 from ..backbones import Backbone
 from ..dataset import DataError, ImageSet
 from ..features import get_extractor
 from . import _heads
+from ._params import ParamSpec, infer_kind
 
 
 class NotFittedError(RuntimeError):
@@ -90,7 +99,11 @@ class Strategy(ABC):
     """Base class of every few-shot strategy; subclasses register with ``@register_strategy``."""
 
     name: ClassVar[str]
-    uses_frozen_features: ClassVar[bool] = True
+    summary: ClassVar[str] = ""
+    uses_unlabeled: ClassVar[bool] = False
+    param_help: ClassVar[dict[str, str]] = {}
+    param_choices: ClassVar[dict[str, tuple]] = {}
+    param_ranges: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
 
     # --- hyperparameters (scikit-learn style) ---
     @classmethod
@@ -102,6 +115,26 @@ class Strategy(ABC):
     def param_defaults(cls) -> dict[str, Any]:
         signature = inspect.signature(cls.__init__)
         return {name: signature.parameters[name].default for name in cls.param_names()}
+
+    @classmethod
+    def param_specs(cls) -> list[ParamSpec]:
+        """How the fronts show each hyperparameter (``seed`` left out: the front sets it), from the class's
+        ``param_help``, ``param_choices`` and ``param_ranges``; ``augment`` offers the presets."""
+        specs = []
+        for name, default in cls.param_defaults().items():
+            if name == "seed":
+                continue
+            choices = tuple(PRESETS) if name == "augment" else tuple(cls.param_choices.get(name, ()))
+            low, high = cls.param_ranges.get(name, (None, None))
+            specs.append(ParamSpec(name, default, infer_kind(name, default, choices), choices,
+                                   cls.param_help.get(name, ""), low, high))
+        return specs
+
+    def check_params(self) -> None:
+        """Raise ValueError naming the valid values for a hyperparameter outside its declared choices or range."""
+        for spec in self.param_specs():
+            if spec.kind != "augment":
+                spec.check(getattr(self, spec.name), type(self).__name__)
 
     def get_params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.param_names()}
@@ -123,7 +156,9 @@ class Strategy(ABC):
 
     # --- the contract ---
     @abstractmethod
-    def fit(self, support: ImageSet, *, backbone: Backbone, on_step: OnStep = None) -> "Strategy": ...
+    def fit(self, support: ImageSet, *, backbone: Backbone, unlabeled: ImageSet | None = None,
+            on_step: OnStep = None) -> "Strategy":
+        """Fit on the labeled images of ``support``; ``unlabeled`` images may shape the fit (``uses_unlabeled``)."""
 
     @abstractmethod
     def predict_proba(self, images_or_features: ImageSet | torch.Tensor) -> torch.Tensor: ...
@@ -134,6 +169,10 @@ class Strategy(ABC):
     @abstractmethod
     def to_module(self) -> nn.Module: ...
 
+    def map_points(self) -> list[tuple[str, str, torch.Tensor]]:
+        """Extra points for the embedding map as (role, label, vector (d,) in the ``embed`` space), e.g. prototypes."""
+        return []
+
     def predict(self, images_or_features: ImageSet | torch.Tensor) -> list[str]:
         indices = self.predict_proba(images_or_features).argmax(dim=1).tolist()
         return [self.classes_[i] for i in indices]
@@ -143,27 +182,27 @@ class Strategy(ABC):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(support, backbone=...) "
                                  "or load a saved run first.")
 
-    # --- persistence: model.safetensors + model.json ---
+    # --- persistence: model.safetensors + model.json (loading: ``strategies.load_strategy``) ---
     def save(self, directory: str | Path) -> None:
         self.check_is_fitted()
+        if getattr(self, "backbone_", None) is None:
+            raise ValueError(f"this {type(self).__name__} was fitted on features without a backbone: pass "
+                             "backbone= to fit_features to save it.")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self._state_tensors().items()}
-        save_file(tensors, str(directory / "model.safetensors"))
         meta = {"strategy": self.name, "params": self.get_params(), "classes": list(self.classes_),
                 "backbone": self.backbone_.spec(), **self._state_meta()}
-        (directory / "model.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+        save_file(tensors, str(directory / "model.safetensors"))
+        partial = directory / "model.json.partial"
+        partial.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+        os.replace(partial, directory / "model.json")
 
-    @classmethod
-    def load(cls, directory: str | Path, backbone: Backbone) -> "Strategy":
-        from ._registry import get_strategy_class
-
-        directory = Path(directory)
-        meta = json.loads((directory / "model.json").read_text(encoding="utf-8"))
-        strategy = get_strategy_class(meta["strategy"])(**meta["params"])
-        strategy.classes_ = list(meta["classes"])
-        strategy._restore(meta, load_file(str(directory / "model.safetensors")), backbone)
-        return strategy
+    def _load_state(self, meta: dict, tensors: dict[str, torch.Tensor], backbone: Backbone) -> "Strategy":
+        """Become the fitted strategy saved as ``meta`` (model.json) and ``tensors`` (model.safetensors)."""
+        self.classes_ = list(meta["classes"])  # _restore may need it (e.g. to size a head)
+        self._restore(meta, tensors, backbone)
+        return self
 
     @abstractmethod
     def _state_tensors(self) -> dict[str, torch.Tensor]: ...
@@ -178,37 +217,57 @@ class Strategy(ABC):
 class FeatureStrategy(Strategy):
     """A strategy that decides on frozen backbone features with a small head (linear or kernel).
 
-    Subclasses implement ``_fit_head(features (n, d), y (n,)) -> nn.Module`` returning logits (n, n_classes).
+    Evaluation extracts (and caches) the features once and calls :meth:`fit_features` per split. Subclasses
+    implement ``_fit_head(features (n, d), y (n,), unlabeled (m, d) or None) -> nn.Module`` returning logits
+    (n, n_classes); ``unlabeled`` is None for strategies whose ``uses_unlabeled`` is False.
     """
 
-    uses_frozen_features: ClassVar[bool] = True
-
-    def fit(self, support: ImageSet, *, backbone: Backbone, on_step: OnStep = None) -> "FeatureStrategy":
-        support = support.labeled()  # unlabeled images carry no class: ignore them, as train_run does
+    def fit(self, support: ImageSet, *, backbone: Backbone, unlabeled: ImageSet | None = None,
+            on_step: OnStep = None) -> "FeatureStrategy":
+        support = support.labeled()  # unlabeled images carry no class: the pool is passed as ``unlabeled``
         support.check_trainable()
-        self.backbone_ = backbone
-        features = self._features(support)
-        return self.fit_features(features, support.labels)
+        extractor = self._extractor(backbone)
+        features = extractor.extract(support)
+        pool = None
+        if self.uses_unlabeled and unlabeled is not None and len(unlabeled):
+            pool = extractor.extract(unlabeled)
+        return self.fit_features(features, support.labels, backbone=backbone, unlabeled=pool)
 
-    def fit_features(self, features: torch.Tensor, labels: list[str]) -> "FeatureStrategy":
-        """Fit on precomputed features (n, d) with string labels (n,)."""
+    def fit_features(self, features: torch.Tensor, labels: list[str], *, backbone: Backbone | None = None,
+                     unlabeled: torch.Tensor | None = None) -> "FeatureStrategy":
+        """Fit on precomputed features (n, d) with string labels (n,); ``unlabeled``: pool features (m, d).
+
+        ``backbone`` (the one that made the features) is needed to predict on images, embed, export and save.
+        """
+        self.check_params()
         classes = sorted(set(labels))
         if len(classes) < 2:
             raise DataError(f"training needs at least 2 classes, got {classes}. Add images for another class.")
+        features = _checked_features(features, "the labeled features")
+        pool = None
+        if self.uses_unlabeled and unlabeled is not None:
+            pool = _checked_features(unlabeled, "the unlabeled pool's features", dim=features.shape[1])
         y = np.array([classes.index(label) for label in labels])
         # Few-shot problems are tiny (n x d, n ~ 100): BLAS/OpenMP threads only fight each other and the ONNX
-        # Runtime workers here; one thread measured ~30x faster (benchmarks/results/latency.md).
+        # Runtime workers here; one thread is much faster (benchmarks/results/latency.md).
         with threadpool_limits(1):
-            head = self._fit_head(features.float(), y).eval()
-        self.classes_ = classes
+            head = self._fit_head(features, y, pool).eval()
+        self.backbone_ = backbone
         self.head_ = head
+        self.classes_ = classes  # set last: a crash mid-fit must not leave an object that looks fitted
         return self
 
     @abstractmethod
-    def _fit_head(self, features: torch.Tensor, y: np.ndarray) -> nn.Module: ...
+    def _fit_head(self, features: torch.Tensor, y: np.ndarray, unlabeled: torch.Tensor | None) -> nn.Module: ...
+
+    def _extractor(self, backbone: Backbone):
+        return get_extractor(backbone)
 
     def _features(self, images: ImageSet) -> torch.Tensor:
-        return get_extractor(self.backbone_).extract(images)
+        if self.backbone_ is None:
+            raise ValueError(f"this {type(self).__name__} was fitted on features without a backbone: pass "
+                             "backbone= to fit_features, or give it features instead of images.")
+        return self._extractor(self.backbone_).extract(images)
 
     def predict_proba(self, images_or_features: ImageSet | torch.Tensor) -> torch.Tensor:
         self.check_is_fitted()
@@ -226,6 +285,9 @@ class FeatureStrategy(Strategy):
 
     def to_module(self) -> nn.Module:
         self.check_is_fitted()
+        if self.backbone_ is None:
+            raise ValueError(f"this {type(self).__name__} was fitted on features without a backbone: pass "
+                             "backbone= to fit_features to export it.")
         return ImageClassifier(copy.deepcopy(self.backbone_.model).eval(), copy.deepcopy(self.head_)).eval()
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
@@ -239,3 +301,17 @@ class FeatureStrategy(Strategy):
         head_state = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
         self.head_ = _heads.head_from_config(meta["head"], head_state).eval()
 
+
+def _checked_features(features: torch.Tensor, what: str, *, dim: int | None = None) -> torch.Tensor:
+    """``features`` as a float (n, d) tensor; a clear DataError for another shape, width or non-finite values."""
+    features = torch.as_tensor(features).float()
+    if features.ndim != 2 or (dim is not None and features.shape[1] != dim):
+        expected = f"(n, {dim})" if dim is not None else "(n, d)"
+        raise DataError(f"{what} must be a {expected} tensor, got shape {tuple(features.shape)}. Extract them with "
+                        "the same backbone as the labeled images.")
+    bad = (~torch.isfinite(features)).any(dim=1)
+    if bad.any():
+        raise DataError(f"{what} hold NaN or infinite values in {int(bad.sum())} of {len(features)} rows (first: "
+                        f"row {int(bad.nonzero()[0])}). Re-extract them (clear the feature cache) or drop those "
+                        "images.")
+    return features

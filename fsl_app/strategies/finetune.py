@@ -8,7 +8,7 @@ initialised head sends large, noisy gradients into the pretrained layers during 
 warm-up and cosine decay, label smoothing, train-time augmentation (albumentations), BatchNorm statistics frozen
 (few-shot batches are too small to estimate them), optional L2-SP (Li et al., ICML 2018) that pulls the weights toward
 their pretrained values, early stopping on a stratified validation split (only when every class has enough images to
-spare some), AMP on CUDA. The fitted model is itself the exported module.
+spare some), AMP on CUDA. The fitted model is itself the exported module. It ignores ``unlabeled`` images.
 """
 
 from __future__ import annotations
@@ -42,7 +42,30 @@ log = logging.getLogger(__name__)
 @register_strategy
 class FineTune(Strategy):
     name = "finetune"
-    uses_frozen_features = False
+    summary = "trains the backbone with a new head: slowest, best on images far from photos (ignores the pool)"
+    param_help = {
+        "mode": "head: train only the new head; last_n: also the last N layer groups; full: every layer (slowest, "
+                "and the most accurate on images far from ImageNet photos)",
+        "last_n": "layer groups trained in mode last_n",
+        "epochs": "passes over the training images (early stopping may end sooner)",
+        "lr": "learning rate of the head (the backbone gets lr x backbone_lr_scale)",
+        "backbone_lr_scale": "the backbone's learning rate as a fraction of lr",
+        "weight_decay": "AdamW weight decay",
+        "warmup_epochs": "epochs of linear learning-rate warm-up",
+        "label_smoothing": "share of each target spread over the other classes",
+        "augment": "train-time augmentation: the pipeline saved on the Augment page, or a preset",
+        "l2sp": "pull the weights towards their pretrained values (0: off)",
+        "batch_size": "images per training step",
+        "patience": "epochs without validation gain before stopping",
+        "val_fraction": "share of each class held out to pick the best epoch (only when every class has 10 images "
+                        "or more)",
+        "head_init": "linear_probe: the new head starts as a logistic regression on the frozen features (LP-FT); "
+                     "random",
+    }
+    param_choices = {"mode": MODES, "head_init": HEAD_INITS}
+    param_ranges = {"last_n": (0, None), "epochs": (0, None), "lr": (0, None), "backbone_lr_scale": (0, None),
+                    "weight_decay": (0, None), "warmup_epochs": (0, None), "label_smoothing": (0, 1),
+                    "l2sp": (0, None), "batch_size": (1, None), "patience": (1, None), "val_fraction": (0, 0.9)}
 
     def __init__(self, *, mode: str = "last_n", last_n: int = 2, epochs: int = 15, lr: float = 1e-3,
                  backbone_lr_scale: float = 0.1, weight_decay: float = 0.01, warmup_epochs: int = 1,
@@ -66,12 +89,10 @@ class FineTune(Strategy):
         self.seed = seed
 
     # --- training ---
-    def fit(self, support: ImageSet, *, backbone: Backbone, on_step: OnStep = None) -> "FineTune":
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.head_init not in HEAD_INITS:
-            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
-        support = support.labeled()  # unlabeled images carry no class: ignore them, as train_run does
+    def fit(self, support: ImageSet, *, backbone: Backbone, unlabeled: ImageSet | None = None,
+            on_step: OnStep = None) -> "FineTune":
+        self.check_params()
+        support = support.labeled()  # unlabeled images carry no class, and this strategy ignores the pool
         support.check_trainable()
         torch.manual_seed(self.seed)
         classes = support.classes

@@ -5,7 +5,8 @@ You Need?" (ECCV 2020) show a logistic regression on frozen pretrained features 
 "SimpleShot" (2019) show that CL2N feature normalization (center on the support mean, then L2-normalize) adds several
 points. The fitted classifier is folded into one head: a linear layer (logistic regression, linear SVM) or an RBF
 kernel layer over the support points (RBF SVM), so export is backbone + head for all three. SVM margins are turned into
-probabilities by a temperature fitted on cross-validated decision values (Platt-style scaling).
+probabilities by a temperature fitted on cross-validated decision values (Platt-style scaling). It ignores
+``unlabeled`` images (see ``selftrain`` for a probe that learns from the pool).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.svm import SVC, LinearSVC
 from torch import nn
 
-from ._heads import FeatureNormalizer, LinearHead, RBFHead, binary_to_two_columns, fit_temperature
+from ._heads import NORMALIZATIONS, FeatureNormalizer, LinearHead, RBFHead, binary_to_two_columns, fit_temperature
 from ._registry import register_strategy
 from .base import FeatureStrategy
 
@@ -31,6 +32,15 @@ CLASSIFIERS = ("logreg", "svm", "rbf")
 @register_strategy
 class LinearProbe(FeatureStrategy):
     name = "linear"
+    summary = "logistic regression or SVM on frozen features: the strong, fast default (ignores the pool)"
+    param_help = {
+        "classifier": "logreg: logistic regression; svm: linear SVM; rbf: SVM with a Gaussian kernel",
+        "C": "inverse regularisation strength: larger fits the training images more closely",
+        "normalize": "cl2n: centre on the mean feature, then scale to unit length (SimpleShot); l2; none",
+        "calibrate": "fit a temperature so that SVM scores become honest probabilities",
+    }
+    param_choices = {"classifier": CLASSIFIERS, "normalize": NORMALIZATIONS}
+    param_ranges = {"C": (1e-6, None)}
 
     def __init__(self, *, classifier: str = "logreg", C: float = 10.0, normalize: str = "cl2n",
                  calibrate: bool = True, seed: int = 0):
@@ -49,7 +59,7 @@ class LinearProbe(FeatureStrategy):
             return OneVsRestClassifier(SVC(kernel="rbf", C=self.C, gamma=self._gamma_))
         raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
 
-    def _fit_head(self, features: torch.Tensor, y: np.ndarray) -> nn.Module:
+    def _fit_head(self, features: torch.Tensor, y: np.ndarray, unlabeled: torch.Tensor | None) -> nn.Module:
         normalizer = FeatureNormalizer.fit(features, self.normalize)
         with torch.no_grad():
             x = normalizer(features).double().numpy()
