@@ -2,7 +2,9 @@
 
 A run folder holds ``config.json`` (backbone, strategy params, augment, seed, data snapshot), ``metrics.jsonl`` (one
 StepLog per line, appended live), ``metrics.json`` (final evaluation), ``predictions.json`` (per held-out image) and the
-fitted model (``model.safetensors`` + ``model.json``). It is written under ``<name>.partial`` and renamed when
+fitted model (``model.safetensors`` + ``model.json``). ``pool_size`` in config and metrics counts the unlabeled images the fits
+received (0 when the strategy ignores the pool); metrics add what the fitted strategy reports of its pool use
+(``pool_used``, ``pseudo_labels``). It is written under ``<name>.partial`` and renamed when
 complete, so a crash mid-training never leaves a half-written run that looks finished. The writing process holds a
 lock on ``<name>.partial/.writer.lock``; the kernel releases it when the process dies (``kill -9`` included), and
 :func:`list_runs` removes a ``.partial`` folder whose lock is free.
@@ -57,14 +59,16 @@ def new_run_name(strategy_name: str) -> str:
 def train_run(images: ImageSet, strategy: Strategy, backbone: Backbone, out_dir: str | Path, *,
               protocol: str = "auto", seed: int = 0, on_step: Callable[[StepLog], None] | None = None,
               on_progress: Callable[[str, int, int], None] | None = None, augment: dict | None = None,
-              snapshot: dict | None = None) -> RunResult:
+              snapshot: dict | None = None, pool: ImageSet | None = None) -> RunResult:
     """Evaluate ``strategy`` on ``images`` with ``protocol``, fit it on all of them and save the run in ``out_dir``.
 
-    ``on_progress(phase, done, total)`` reports evaluation and fitting; ``on_step`` gets every training StepLog (the
+    ``pool``: unlabeled images (their labels are ignored) given to every evaluation split's fit and to the final fit
+    when the strategy ``uses_unlabeled``; other strategies train without it. ``on_progress(phase, done, total)`` reports evaluation and fitting; ``on_step`` gets every training StepLog (the
     evaluation splits' fits, then the final fit; only the final fit's go to ``metrics.jsonl``).
     """
     labeled = images.labeled()
     labeled.check_trainable()
+    pool = pool if strategy.uses_unlabeled and pool is not None and len(pool) else None
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} already exists: runs are immutable. Choose another --out.")
@@ -73,8 +77,8 @@ def train_run(images: ImageSet, strategy: Strategy, backbone: Backbone, out_dir:
     partial.mkdir(parents=True)
     lock = _hold_writer_lock(partial)
     try:
-        result = _train_into(partial, labeled, strategy, backbone, protocol, seed, on_step, on_progress, augment,
-                             snapshot)
+        result = _train_into(partial, labeled, pool, strategy, backbone, protocol, seed, on_step, on_progress,
+                             augment, snapshot)
         os.replace(partial, out_dir)
         (out_dir / WRITER_LOCK).unlink(missing_ok=True)
     except BaseException:
@@ -88,12 +92,14 @@ def train_run(images: ImageSet, strategy: Strategy, backbone: Backbone, out_dir:
     return RunResult(run_dir=out_dir, strategy=result[0], report=result[1], metrics=result[2])
 
 
-def _train_into(partial: Path, labeled: ImageSet, strategy: Strategy, backbone: Backbone, protocol: str, seed: int,
-                on_step, on_progress, augment, snapshot) -> tuple[Strategy, EvaluationReport, dict]:
-    config = _run_config(labeled, strategy, backbone, protocol, seed, augment, snapshot)
+def _train_into(partial: Path, labeled: ImageSet, pool: ImageSet | None, strategy: Strategy, backbone: Backbone,
+                protocol: str, seed: int, on_step, on_progress, augment,
+                snapshot) -> tuple[Strategy, EvaluationReport, dict]:
+    pool_size = 0 if pool is None else len(pool)
+    config = {**_run_config(labeled, strategy, backbone, protocol, seed, augment, snapshot), "pool_size": pool_size}
     write_json_atomic(partial / "config.json", config)
     started = time.perf_counter()
-    report = evaluate(strategy, labeled, backbone, protocol=protocol, seed=seed,
+    report = evaluate(strategy, labeled, backbone, protocol=protocol, seed=seed, unlabeled=pool,
                       progress=(lambda d, t: on_progress("evaluate", d, t)) if on_progress else None, on_step=on_step)
     evaluated = time.perf_counter()
     with open(partial / "metrics.jsonl", "a", encoding="utf-8") as log_file:
@@ -105,15 +111,26 @@ def _train_into(partial: Path, labeled: ImageSet, strategy: Strategy, backbone: 
 
         if on_progress:
             on_progress("fit", 0, 1)
-        fitted = strategy.clone().fit(labeled, backbone=backbone, on_step=log_step)
+        fitted = strategy.clone().fit(labeled, backbone=backbone, unlabeled=pool, on_step=log_step)
     finished = time.perf_counter()
     fitted.save(partial)
     metrics = {**report.summary(), "classes": report.classes, "confusion": report.confusion,
                "evaluation_seconds": evaluated - started, "fit_seconds": finished - evaluated,
-               "train_seconds": finished - started, "n_images": len(labeled)}
+               "train_seconds": finished - started, "n_images": len(labeled), **_pool_metrics(fitted, pool_size)}
     write_json_atomic(partial / "metrics.json", metrics)
     write_json_atomic(partial / "predictions.json", _predictions(labeled, report))
     return fitted, report, metrics
+
+
+def _pool_metrics(fitted: Strategy, pool_size: int) -> dict:
+    """``pool_size`` and the pool statistics the fitted strategy exposes: ``pool_used`` (pool images that shaped
+    the head), ``pseudo_labels`` (pool images trained on as labeled)."""
+    metrics = {"pool_size": pool_size}
+    for key in ("pool_used", "pseudo_labels"):
+        value = getattr(fitted, f"{key}_", None)
+        if value is not None:
+            metrics[key] = int(value)
+    return metrics
 
 
 def _run_config(images: ImageSet, strategy: Strategy, backbone: Backbone, protocol: str, seed: int,

@@ -1,13 +1,17 @@
 """``fsl-app``: the command-line front end over the same core as the UI.
 
     fsl-app train DATA_DIR --strategy NAME [--backbone NAME] [--weights auto|random|PATH] [--out RUN_DIR] [--seed N]
+              [--no-pool]
     fsl-app evaluate DATA_DIR --strategy NAME --n-way N --k-shot K [--queries Q] [--episodes E] [--json]
+              [--transductive] [--pool N] [--pool-imbalance ALPHA] [--pool-outliers FRACTION] [--query-data DIR]
     fsl-app export RUN_DIR --format onnx|torchscript|bundle --out PATH
     fsl-app predict MODEL_PATH IMAGE_OR_DIR... [--json]
     fsl-app compare RUN_DIR... [--json] [--seed N]
     fsl-app ui [--port N] [--address A] [--password-file FILE] [--no-auth]
 
-DATA_DIR is an ImageFolder tree (one sub-folder per class) or the name of a project in the store.
+DATA_DIR is an ImageFolder tree (one sub-folder per class) or the name of a project in the store. Its unlabeled
+images (loose files at the top of the tree, or the project's unlabeled images) are the pool that ``train`` gives to
+the strategies that learn from it (``uses_unlabeled``); ``--no-pool`` trains without them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import DEFAULT_BACKBONE
+from .pools import (add_pool_arguments, check_pool_arguments, episode_setting_text, load_query_images,
+                    note_ignored_pool, pool_text, training_pool)
 from .ui import add_ui_arguments
 
 EXIT_USAGE = 2
@@ -63,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=None, help="run folder to create (default: runs/<time>-<strategy>)")
     train.add_argument("--protocol", default="auto", choices=["auto", "loo", "kfold", "holdout"])
     train.add_argument("--json", action="store_true", help="print the final metrics as JSON, no progress bars")
+    train.add_argument("--no-pool", action="store_true",
+                       help="train without DATA_DIR's unlabeled images (pool-aware strategies use them by default)")
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="N-way K-shot episodes: mean accuracy and 95%% CI")
@@ -72,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--queries", type=int, default=15)
     evaluate.add_argument("--episodes", type=int, default=300)
     evaluate.add_argument("--json", action="store_true")
+    add_pool_arguments(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="top-k labels for images with a run or exported model")
@@ -137,6 +146,7 @@ def cmd_train(args) -> int:
     for warning in training_warnings(images):
         print(f"warning: {warning}", file=sys.stderr)
     strategy, backbone = _strategy_and_backbone(args)
+    pool = training_pool(images, strategy, no_pool=args.no_pool)
     out = Path(args.out) if args.out else Path("runs") / new_run_name(strategy.name)
     bar = _Progress(enabled=not args.json)
 
@@ -147,7 +157,7 @@ def cmd_train(args) -> int:
             bar.write(f"{stage}: epoch {step.epoch} loss={step.loss:.4f}{val}")
 
     result = train_run(images, strategy, backbone, out, protocol=args.protocol, seed=args.seed, on_step=on_step,
-                       on_progress=bar.update)
+                       on_progress=bar.update, pool=pool)
     bar.close()
     metrics = {**result.metrics, "run_dir": str(result.run_dir)}
     if args.json:
@@ -155,7 +165,7 @@ def cmd_train(args) -> int:
     else:
         print(f"{metrics['protocol']} accuracy {format_accuracy(metrics)} "
               f"(balanced {100 * metrics['balanced_accuracy']:.1f}%), "
-              f"{metrics['n_images']} images, {metrics['train_seconds']:.1f} s")
+              f"{metrics['n_images']} images{pool_text(metrics)}, {metrics['train_seconds']:.1f} s")
         for warning in metrics_warnings(metrics):
             print(f"warning: {warning}", file=sys.stderr)
         print(f"run saved to {result.run_dir}")
@@ -166,19 +176,27 @@ def cmd_evaluate(args) -> int:
     from ..evaluation import evaluate_episodes
     from ..intervals import format_accuracy
 
+    check_pool_arguments(args)
     images = _resolve_images(args.data, args.home)
+    query_images = load_query_images(args.query_data)
     strategy, backbone = _strategy_and_backbone(args)
+    note_ignored_pool(args, strategy)
     bar = _Progress(enabled=not args.json)
     report = evaluate_episodes(strategy, images, backbone, n_way=args.n_way, k_shot=args.k_shot,
                                n_query=args.queries, episodes=args.episodes, seed=args.seed,
-                               progress=(lambda d, t: bar.update("episodes", d, t)) if not args.json else None)
+                               progress=(lambda d, t: bar.update("episodes", d, t)) if not args.json else None,
+                               transductive=args.transductive, pool=args.pool, pool_imbalance=args.pool_imbalance,
+                               pool_outliers=args.pool_outliers, query_images=query_images)
     bar.close()
-    result = {"strategy": strategy.name, "params": strategy.get_params(), "backbone": backbone.id,
+    settings = {"transductive": args.transductive, "pool": args.pool, "pool_imbalance": args.pool_imbalance,
+                "pool_outliers": args.pool_outliers, "query_data": args.query_data}
+    result = {"strategy": strategy.name, "params": strategy.get_params(), "backbone": backbone.id, **settings,
               **{k: v for k, v in report.to_dict().items() if k != "accuracies"}}
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
-        print(f"{args.n_way}-way {args.k_shot}-shot, {args.episodes} episodes: {format_accuracy(report)}")
+        print(f"{args.n_way}-way {args.k_shot}-shot, {args.episodes} episodes{episode_setting_text(args)}: "
+              f"{format_accuracy(report)}")
     return 0
 
 
