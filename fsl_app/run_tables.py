@@ -60,10 +60,24 @@ def run_table(runs: list[dict]) -> list[dict]:
             "accuracy %": _pct(metrics.get("accuracy")), "95 % CI low": _pct(_interval(metrics)[0]),
             "95 % CI high": _pct(_interval(metrics)[1]),
             "balanced acc %": _pct(metrics.get("balanced_accuracy")), "macro F1 %": _pct(metrics.get("macro_f1")),
-            "images": metrics.get("n_images"), "train time s": _round(metrics.get("train_seconds")),
+            "images": metrics.get("n_images"), "pool": pool_text(metrics), "train time s": _round(metrics.get("train_seconds")),
             "date": (config.get("created_at") or "")[:19].replace("T", " "),
         })
     return rows
+
+
+def pool_text(metrics: dict) -> str:
+    """The unlabeled images a run learned from: 'none', '40', '31 of 40 · 12 pseudo-labels' (``pool_used`` of
+    ``pool_size`` where the strategy left some out), or '–' for a run saved before pools were recorded."""
+    size = metrics.get("pool_size")
+    if size is None:
+        return "–"
+    if not size:
+        return "none"
+    used = metrics.get("pool_used")
+    text = f"{used} of {size}" if used is not None and used != size else str(size)
+    pseudo = metrics.get("pseudo_labels")
+    return text if pseudo is None else f"{text} · {pseudo} pseudo-label{'s' if pseudo != 1 else ''}"
 
 
 def _interval(metrics: dict) -> tuple[float | None, float | None]:

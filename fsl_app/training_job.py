@@ -2,6 +2,8 @@
 
 The generic :class:`fsl_app.jobs.JobQueue` runs the function :func:`training_work` returns; it reports its phases
 by name and every training step, and stops at the next batch after a cancel. Backbones stay loaded between jobs.
+A strategy that learns from unlabeled images (``uses_unlabeled``) gets the project's unlabeled images as its pool
+unless the request says ``use_pool=False``.
 """
 
 from __future__ import annotations
@@ -40,9 +42,24 @@ class TrainRequest:
     params: dict
     protocol: str = "auto"
     seed: int = 0
+    use_pool: bool = True  # give the project's unlabeled images to a strategy that learns from them
+
+    def uses_pool(self) -> bool:
+        """True when the job trains with the project's unlabeled images (pool-aware strategy, pool wanted)."""
+        return self.use_pool and strategy_uses_pool(self.strategy)
 
     def title(self) -> str:
-        return f"{self.strategy} on {self.backbone} ({self.protocol}, seed {self.seed})"
+        pool = ", without the pool" if strategy_uses_pool(self.strategy) and not self.use_pool else ""
+        return f"{self.strategy} on {self.backbone} ({self.protocol}, seed {self.seed}{pool})"
+
+
+def strategy_uses_pool(strategy: str) -> bool:
+    """Whether the registered strategy ``strategy`` learns from unlabeled images (False for an unknown name, which
+    the job then refuses in words)."""
+    try:
+        return get_strategy_class(strategy).uses_unlabeled
+    except ValueError:
+        return False
 
 
 # --- hyperparameters ------------------------------------------------------------------------------------------------
@@ -109,8 +126,9 @@ def training_work(request: TrainRequest) -> Callable[[JobContext], dict]:
 
         project = Project(request.project_path)
         try:
-            context.progress("reading the labeled images", 0, 1)
-            images = project.image_set(labeled_only=True)
+            context.progress("reading the images", 0, 1)
+            images = project.image_set(labeled_only=not request.uses_pool())
+            labeled, pool = images.labeled(), images.unlabeled() if request.uses_pool() else None
             context.progress(f"loading backbone {request.backbone}", 0, 1)
             backbone = cached_backbone(request.backbone, request.weights)
             strategy = create_strategy(request.strategy, **request.params)
@@ -119,14 +137,14 @@ def training_work(request: TrainRequest) -> Callable[[JobContext], dict]:
             context.progress(PHASE_NAMES["evaluate"], 0, 1)
             try:
                 with interrupt_check(context.check_cancelled):  # Cancel is honoured between batches
-                    result = train_run(images, strategy, backbone, out_dir, protocol=request.protocol,
+                    result = train_run(labeled, strategy, backbone, out_dir, protocol=request.protocol,
                                        seed=request.seed, on_step=context.step, on_progress=_phase_names(context),
-                                       augment=augment)
+                                       augment=augment, pool=pool)
             except BaseException:
                 shutil.rmtree(out_dir.with_name(out_dir.name + PARTIAL_SUFFIX), ignore_errors=True)
                 raise
             config = json.loads((result.run_dir / "config.json").read_text(encoding="utf-8"))
-            run_id = project.record_run(result.run_dir, config, images)
+            run_id = project.record_run(result.run_dir, config, labeled)
             return {"run_dir": str(result.run_dir), "run_id": run_id, "metrics": result.metrics}
         finally:
             project.close()

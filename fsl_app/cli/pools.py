@@ -124,15 +124,12 @@ def training_pool(images, strategy, *, no_pool: bool):
 
 
 def pool_text(metrics: dict) -> str:
-    """', pool of 12 unlabeled images (9 used, 5 pseudo-labeled)' or '' without a pool."""
+    """', unlabeled pool: 31 of 40 · 12 pseudo-labels' for a run that used a pool, else ''."""
     if not metrics.get("pool_size"):
         return ""
-    details = []
-    if metrics.get("pool_used") is not None and metrics["pool_used"] != metrics["pool_size"]:
-        details.append(f"{metrics['pool_used']} used")
-    if metrics.get("pseudo_labels") is not None:
-        details.append(f"{metrics['pseudo_labels']} pseudo-labeled")
-    return f", pool of {metrics['pool_size']} unlabeled images" + (f" ({', '.join(details)})" if details else "")
+    from ..run_tables import pool_text as describe_pool
+
+    return f", unlabeled pool: {describe_pool(metrics)}"
 
 
 def _pool_aware_names() -> str:

@@ -9,6 +9,7 @@ import streamlit as st
 
 from fsl_app import comparison
 from fsl_app.intervals import format_accuracy
+from fsl_app.run_tables import pool_text
 
 GALLERY_SIZE = 6
 
@@ -32,7 +33,7 @@ def comparison_section(runs: list[dict], names: dict[str, str]) -> None:
 def group_block(number: int, group: comparison.GroupComparison, names: dict[str, str], *, several: bool) -> None:
     with st.container(border=True):
         st.markdown(f"**Group {number}**: {group.description}" if several else f"**{group.description}**")
-        st.dataframe([{"run": row["run"], "strategy": row["strategy"],
+        st.dataframe([{"run": row["run"], "strategy": row["strategy"], "pool": pool_text(run["metrics"]),
                        "accuracy": format_accuracy(run["metrics"]), "fit s": row["fit_seconds"]}
                       for row, run in zip(group.rows(), group.runs)], hide_index=True, width="stretch")
         recommendation = group.recommendation

@@ -7,7 +7,7 @@ from fsl_app.dataset import class_count_warnings
 from fsl_app.evaluation import PROTOCOL_LABELS
 from fsl_app.features import describe_device, pick_device
 from fsl_app.strategies import get_strategy_class, list_strategies
-from fsl_app.views import _jobs_panel, _nav, _shared
+from fsl_app.views import _jobs_panel, _nav, _shared, _strategy_notes
 
 OTHER_BACKBONE = "other timm model…"
 WEIGHT_LABELS = {"auto": "pretrained (auto)", "random": "random (no pretraining)", "file": "checkpoint file"}
@@ -99,10 +99,11 @@ def _bound(value, kind):
     return None if value is None else kind(value)
 
 
-def strategy_picker() -> None:
+def strategy_picker(project) -> None:
     names = list_strategies()
     strategy = st.selectbox("Strategy", names, index=names.index(DEFAULT_STRATEGY) if DEFAULT_STRATEGY in names
                             else 0, key="train-strategy")
+    _strategy_notes.strategy_notes(project, strategy)
     with st.expander("Hyperparameters"):
         for spec in get_strategy_class(strategy).param_specs():
             param_widget(strategy, spec)
@@ -143,7 +144,7 @@ def request_from_state(project) -> training_job.TrainRequest:
     params = training_job.resolve_params(
         strategy, values, seed=seed, project_augment=augment.load_project_augment(project.path).resolved_pipeline())
     return training_job.TrainRequest(str(project.path), backbone, weights, strategy, params,
-                                     state.get("train-protocol", "auto"), seed)
+                                     state.get("train-protocol", "auto"), seed, _strategy_notes.use_pool())
 
 
 def submit(project) -> None:
@@ -155,7 +156,7 @@ def submit(project) -> None:
 def training_form(project) -> None:
     name, summary = backbone_picker()
     weights = weights_picker(project, name, summary)
-    strategy_picker()
+    strategy_picker(project)
     protocol_picker()
     ready = readiness(project)
     st.button("Train", type="primary", icon=":material/play_arrow:", disabled=not ready or weights is None,
