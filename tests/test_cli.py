@@ -119,6 +119,191 @@ def test_evaluate_with_too_few_images_is_a_clean_error(digits_dir, capsys):
     assert_clean_error(code, err, "needs 3 classes with at least 20 images", "Lower --n-way")
 
 
+# --- the unlabeled pool -------------------------------------------------------------------------------------------
+
+EPISODE = ["--n-way", 2, "--k-shot", 1, "--queries", 2, "--episodes", 3, "--json"]
+
+
+@pytest.fixture(scope="module")
+def pooled_dir(tmp_path_factory) -> Path:
+    """3 classes x 6 digits plus 4 loose, unlabeled digits at the top of the tree (the pool)."""
+    root = make_digits_folder(tmp_path_factory.mktemp("pooled"))
+    extra = make_digits_folder(tmp_path_factory.mktemp("loose"), classes=(0, 1), per_class=2, offset=10)
+    for path in sorted(extra.rglob("*.png")):
+        (root / f"loose_{path.name}").write_bytes(path.read_bytes())
+    return root
+
+
+@pytest.fixture(scope="module")
+def other_domain(tmp_path_factory) -> Path:
+    """The same 3 digit classes, other images, drawn inverted: a second domain with the same class names."""
+    from PIL import Image, ImageOps
+
+    root = make_digits_folder(tmp_path_factory.mktemp("inverted"), per_class=5, offset=20)
+    for path in root.rglob("*.png"):
+        ImageOps.invert(Image.open(path).convert("RGB")).save(path)
+    return root
+
+
+def evaluate_json(capsys, data, strategy, *flags) -> dict:
+    code, stdout, err = run_cli(capsys, "evaluate", data, "--strategy", strategy, *TINY, *EPISODE, *flags)
+    assert code == 0, err
+    return json.loads(stdout)
+
+
+def test_evaluate_passes_every_pool_flag_to_the_episodes(digits_dir, other_domain, capsys, monkeypatch):
+    from fsl_app import evaluation
+
+    calls = []
+
+    def record(*args, **kwargs):
+        calls.append(kwargs)
+        return evaluation.EpisodeReport(2, 1, 2, 3, 50.0, 0.0, [0.5, 0.5, 0.5])
+
+    monkeypatch.setattr(evaluation, "evaluate_episodes", record)
+    result = evaluate_json(capsys, digits_dir, "bdcspn", "--transductive", "--pool", 4, "--pool-imbalance", 2,
+                           "--pool-outliers", 0.25, "--query-data", other_domain)
+    (kwargs,) = calls
+    assert kwargs["transductive"] is True and kwargs["pool"] == 4
+    assert kwargs["pool_imbalance"] == 2.0 and kwargs["pool_outliers"] == 0.25
+    assert kwargs["query_images"].classes == ["digit_0", "digit_1", "digit_2"] and len(kwargs["query_images"]) == 15
+    assert result["transductive"] is True and result["pool"] == 4 and result["pool_imbalance"] == 2.0
+    assert result["pool_outliers"] == 0.25 and result["query_data"] == str(other_domain)
+    defaults = evaluate_json(capsys, digits_dir, "bdcspn")
+    assert calls[1]["transductive"] is False and calls[1]["pool"] == 0 and calls[1]["query_images"] is None
+    assert calls[1]["pool_imbalance"] is None and calls[1]["pool_outliers"] == 0.0
+    assert defaults["transductive"] is False and defaults["query_data"] is None
+
+
+def test_evaluate_transductive_gives_the_queries_to_a_pool_aware_strategy(digits_dir, capsys, monkeypatch):
+    from fsl_app.strategies import get_strategy_class
+
+    strategy_class, seen = get_strategy_class("bdcspn"), []
+    original = strategy_class.fit_features
+
+    def spy(self, features, labels, **kwargs):
+        seen.append(None if kwargs["unlabeled"] is None else len(kwargs["unlabeled"]))
+        return original(self, features, labels, **kwargs)
+
+    monkeypatch.setattr(strategy_class, "fit_features", spy)
+    result = evaluate_json(capsys, digits_dir, "bdcspn", "--transductive")
+    assert seen == [4, 4, 4]  # 2-way x 2 queries, every episode
+    assert 0.0 <= result["mean_accuracy"] <= 100.0 and result["episodes"] == 3
+    seen.clear()
+    evaluate_json(capsys, digits_dir, "bdcspn", "--transductive", "--pool", 2)
+    assert seen == [6, 6, 6]  # the queries and 2 extra images
+
+
+def test_evaluate_with_an_imbalanced_pool_with_outliers(digits_dir, capsys):
+    result = evaluate_json(capsys, digits_dir, "selftrain", "--pool", 4, "--pool-imbalance", 0.5,
+                           "--pool-outliers", 0.5)
+    assert result["pool"] == 4 and result["pool_imbalance"] == 0.5 and result["pool_outliers"] == 0.5
+    assert 0.0 <= result["mean_accuracy"] <= 100.0 and result["n_test"] == 3 * 2 * 2
+
+
+def test_evaluate_across_domains_and_says_so(digits_dir, other_domain, capsys):
+    result = evaluate_json(capsys, digits_dir, "alpha_tim", "--query-data", other_domain, "--pool", 2)
+    assert result["query_data"] == str(other_domain) and 0.0 <= result["mean_accuracy"] <= 100.0
+    code, stdout, _ = run_cli(capsys, "evaluate", digits_dir, "--strategy", "bdcspn", *TINY, *EPISODE[:-1],
+                              "--transductive", "--pool", 2, "--pool-imbalance", 2, "--query-data", other_domain)
+    assert code == 0
+    assert f"2-way 1-shot, 3 episodes, transductive, pool 2 (Dirichlet 2), queries from {other_domain}:" in stdout
+
+
+def test_evaluate_says_when_the_strategy_ignores_the_pool(digits_dir, capsys):
+    code, _, err = run_cli(capsys, "evaluate", digits_dir, "--strategy", "linear", *TINY, *EPISODE, "--transductive")
+    assert code == 0 and "linear ignores unlabeled images" in err and "selftrain" in err
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--pool", "-1"], ["argument --pool", "0 or more"]),
+    (["--pool", "many"], ["argument --pool", "not a whole number"]),
+    (["--pool", 2, "--pool-imbalance", 0], ["argument --pool-imbalance", "> 0"]),
+    (["--pool", 2, "--pool-imbalance", "nan"], ["argument --pool-imbalance", "nan"]),
+    (["--pool", 2, "--pool-outliers", 1.5], ["argument --pool-outliers", "[0, 1]"]),
+])
+def test_bad_pool_values_are_usage_errors(digits_dir, capsys, flags, fragments):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in ["evaluate", digits_dir, "--strategy", "bdcspn", *TINY, *EPISODE, *flags]])
+    assert exit_info.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--pool-imbalance", 2], ["--pool-imbalance shapes the extra pool", "add --pool N"]),
+    (["--pool-outliers", 0.3, "--pool-imbalance", 2], ["--pool-imbalance and --pool-outliers shape", "--pool N"]),
+    (["--pool", 40], ["a pool of 40 images", "Lower --pool or --queries"]),
+    (["--pool", 10, "--pool-outliers", 1], ["10 outlier pool images", "Lower --pool or --pool-outliers"]),
+    (["--query-data", "no_such_folder"], ["--query-data no_such_folder: no such folder", "same class names"]),
+])
+def test_pools_the_data_cannot_supply_are_clean_errors(digits_dir, capsys, flags, fragments):
+    code, stdout, err = run_cli(capsys, "evaluate", digits_dir, "--strategy", "bdcspn", *TINY, *EPISODE, *flags)
+    assert_clean_error(code, err, *fragments)
+    assert stdout == ""
+
+
+def test_query_data_with_other_class_names_is_a_clean_error_naming_them(digits_dir, tmp_path, capsys):
+    other = make_digits_folder(tmp_path / "other", classes=(0, 1, 7), per_class=3)
+    code, _, err = run_cli(capsys, "evaluate", digits_dir, "--strategy", "bdcspn", *TINY, *EPISODE,
+                           "--query-data", other)
+    assert_clean_error(code, err, "same class folders", "missing ['digit_2']", "unknown ['digit_7']")
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "a.png").write_bytes(next((other / "digit_0").iterdir()).read_bytes())
+    code, _, err = run_cli(capsys, "evaluate", digits_dir, "--strategy", "bdcspn", *TINY, *EPISODE,
+                           "--query-data", loose)
+    assert_clean_error(code, err, "no class sub-folders", "one sub-folder per class")
+
+
+def test_train_gives_loose_unlabeled_images_to_a_pool_aware_strategy(pooled_dir, tmp_path, capsys):
+    code, stdout, _ = run_cli(capsys, "train", pooled_dir, "--strategy", "selftrain", *TINY, "--out",
+                              tmp_path / "pool", "--protocol", "kfold", "--json")
+    assert code == 0
+    metrics = json.loads(stdout)
+    assert metrics["pool_size"] == 4 and metrics["n_images"] == 18
+    assert 0 <= metrics["pseudo_labels"] <= metrics["pool_used"] <= 4
+    assert json.loads((tmp_path / "pool" / "config.json").read_text(encoding="utf-8"))["pool_size"] == 4
+    code, stdout, _ = run_cli(capsys, "train", pooled_dir, "--strategy", "selftrain", *TINY, "--out",
+                              tmp_path / "no-pool", "--protocol", "kfold", "--json", "--no-pool")
+    assert code == 0 and json.loads(stdout)["pool_size"] == 0
+
+
+def test_train_human_output_names_the_pool(pooled_dir, tmp_path, capsys):
+    code, stdout, _ = run_cli(capsys, "train", pooled_dir, "--strategy", "bdcspn", *TINY, "--out", tmp_path / "r",
+                              "--protocol", "kfold")
+    assert code == 0 and "18 images, unlabeled pool: " in stdout
+    code, stdout, err = run_cli(capsys, "train", pooled_dir, "--strategy", "linear", *TINY, "--out", tmp_path / "l",
+                                "--protocol", "kfold", "--json")
+    assert code == 0 and json.loads(stdout)["pool_size"] == 0
+    assert "linear ignores the 4 unlabeled images" in err
+
+
+def test_train_uses_a_projects_unlabeled_images(pooled_dir, tmp_path, capsys):
+    from fsl_app.store import create_project
+
+    home = tmp_path / "home"
+    project = create_project("pooled", home)
+    project.import_imagefolder(pooled_dir)
+    project.close()
+    code, stdout, _ = run_cli(capsys, "train", "pooled", "--home", home, "--strategy", "bdcspn", *TINY, "--out",
+                              tmp_path / "run", "--protocol", "kfold", "--json")
+    assert code == 0 and json.loads(stdout)["pool_size"] == 4
+    code, _, err = run_cli(capsys, "train", digits_dir_of(pooled_dir, tmp_path), "--strategy", "alpha_tim", *TINY,
+                           "--out", tmp_path / "none", "--protocol", "kfold", "--json")
+    assert code == 0 and "no unlabeled images" in err
+
+
+def digits_dir_of(pooled_dir: Path, tmp_path: Path) -> Path:
+    """A copy of ``pooled_dir`` without its loose images."""
+    import shutil
+
+    copy = tmp_path / "labeled_only"
+    shutil.copytree(pooled_dir, copy, ignore=lambda folder, names: [n for n in names if n.startswith("loose_")])
+    return copy
+
+
 # --- predict ------------------------------------------------------------------------------------------------------
 
 def test_predict_json_lists_one_result_per_image(trained, new_images, capsys):

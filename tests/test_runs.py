@@ -240,3 +240,66 @@ def test_fine_tuning_run_logs_one_step_per_epoch(tmp_path, digits_set, tiny_back
     assert [step.epoch for step in seen] == [1, 2, 1, 2]
     assert [step.to_dict() for step in seen[2:]] == steps
     assert read_run(result.run_dir)["steps"] == steps
+
+
+# --- the unlabeled pool -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pool_set(tmp_path_factory) -> ImageSet:
+    """9 other digits of the same 3 classes, without labels."""
+    from fsl_app.dataset import ImageRecord
+
+    folder = make_digits_folder(tmp_path_factory.mktemp("pool"), per_class=3, offset=10)
+    return ImageSet(ImageRecord(r.path, r.sha256, None) for r in ImageSet.from_folder(folder).records)
+
+
+def spy_on_fit_features(monkeypatch, name: str) -> list:
+    """Record the number of unlabeled rows (None: no pool) of every fit_features call of strategy ``name``."""
+    strategy_class = get_strategy_class(name)
+    original, seen = strategy_class.fit_features, []
+
+    def spy(self, features, labels, **kwargs):
+        unlabeled = kwargs.get("unlabeled")
+        seen.append(None if unlabeled is None else tuple(unlabeled.shape))
+        return original(self, features, labels, **kwargs)
+
+    monkeypatch.setattr(strategy_class, "fit_features", spy)
+    return seen
+
+
+def test_a_pool_reaches_every_split_and_the_final_fit_and_is_recorded(tmp_path, digits_set, pool_set, tiny_backbone,
+                                                                      monkeypatch):
+    seen = spy_on_fit_features(monkeypatch, "selftrain")
+    result = train_run(digits_set, create_strategy("selftrain"), tiny_backbone, tmp_path / "run", protocol="kfold",
+                       pool=pool_set)
+    dim = tiny_backbone.num_features
+    assert seen == [(9, dim)] * (len(result.report.split_accuracies) + 1)  # 5 folds, then the final fit
+    config = json.loads((result.run_dir / "config.json").read_text(encoding="utf-8"))
+    metrics = json.loads((result.run_dir / "metrics.json").read_text(encoding="utf-8"))
+    assert config["pool_size"] == metrics["pool_size"] == 9 and metrics["n_images"] == 18
+    assert metrics["pool_used"] == result.strategy.pool_used_ and 0 <= metrics["pool_used"] <= 9
+    assert metrics["pseudo_labels"] == result.strategy.pseudo_labels_ <= metrics["pool_used"]
+    assert {image["sha256"] for image in config["data"]["images"]} == set(digits_set.shas)  # the pool is no data
+    assert {row["sha256"] for row in read_run(result.run_dir)["predictions"]} <= set(digits_set.shas)
+
+
+def test_with_and_without_pool_runs_are_compared_image_by_image(tmp_path, digits_set, pool_set, tiny_backbone):
+    from fsl_app.comparison import comparability_key
+
+    made = {name: train_run(digits_set, create_strategy("bdcspn"), tiny_backbone, tmp_path / name, protocol="kfold",
+                            pool=pool)
+            for name, pool in (("with", pool_set), ("without", None))}
+    with_pool, without = (read_run(made[name].run_dir) for name in ("with", "without"))
+    assert with_pool["metrics"]["pool_size"] == 9 and without["metrics"]["pool_size"] == 0
+    assert without["metrics"]["pool_used"] == 0 and "pseudo_labels" not in without["metrics"]
+    assert comparability_key(with_pool) == comparability_key(without)
+
+
+def test_a_strategy_that_ignores_the_pool_trains_without_it(tmp_path, digits_set, pool_set, tiny_backbone,
+                                                            monkeypatch):
+    seen = spy_on_fit_features(monkeypatch, "linear")
+    result = train_run(digits_set, create_strategy("linear"), tiny_backbone, tmp_path / "run", protocol="kfold",
+                       pool=pool_set)
+    assert seen and set(seen) == {None}
+    assert result.metrics["pool_size"] == 0 and "pool_used" not in result.metrics
+    assert json.loads((result.run_dir / "config.json").read_text(encoding="utf-8"))["pool_size"] == 0
