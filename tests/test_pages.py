@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from fsl_app import augment, jobs, run_tables, sample_data, training_job
 from fsl_app.backbones import TEST_BACKBONES_ENV
-from fsl_app.strategies import list_strategies
+from fsl_app.strategies import get_strategy_class, list_strategies
 from fsl_app.store import create_project, open_project
 
 APP = Path(__file__).resolve().parents[1] / "fsl_app" / "app.py"
@@ -223,6 +223,28 @@ def test_train_page_trains_the_tiny_backbone_and_shows_the_accuracy():
     assert len(run_tables.project_runs(open_project(name).path)) == 1
 
 
+def test_train_page_offers_the_unlabeled_pool_to_a_strategy_that_learns_from_it():
+    name = new_project("pool", per_class=3, unlabeled=2)
+    project = open_project(name)
+    at = open_page("views/train.py", name)
+    assert get_strategy_class("linear").summary in [caption.value for caption in at.caption]
+    assert "train-use-pool" not in [box.key for box in at.checkbox]  # linear ignores the pool
+    at.selectbox(key="train-strategy").select("selftrain").run()
+    assert get_strategy_class("selftrain").summary in [caption.value for caption in at.caption]
+    box = at.checkbox(key="train-use-pool")
+    assert box.label == "Use the 6 unlabeled images" and box.value is True
+    box.uncheck().run()
+    at.button(key="train-button").click().run()
+    run_until(at, lambda at: len(run_tables.project_runs(project.path)) == 1)
+    assert run_tables.project_runs(project.path)[0]["metrics"]["pool_size"] == 0
+    at.checkbox(key="train-use-pool").check().run()
+    at.button(key="train-button").click().run()
+    run_until(at, lambda at: len(run_tables.project_runs(project.path)) == 2)
+    runs = run_tables.project_runs(project.path)
+    assert sorted(run["metrics"]["pool_size"] for run in runs) == [0, 6]
+    assert {run["config"]["strategy"] for run in runs} == {"selftrain"}
+
+
 def test_train_page_cancels_a_running_fine_tuning():
     name = new_project("cancel", per_class=3, unlabeled=0)
     at = open_page("views/train.py", name)
@@ -269,6 +291,7 @@ def test_compare_page_shows_the_table_charts_and_embedding_map(trained_project):
     assert at.title[0].value == f"Compare · {trained_project}"
     table = at.dataframe[0].value
     assert list(table["strategy"]) == ["linear"] and "accuracy %" in table.columns
+    assert list(table["pool"]) == ["none"]  # linear learns nothing from the project's unlabeled images
     assert {"Confusion matrices", "Accuracy per class", "Misclassified held-out images", "Embedding map"} <= {
         subheader.value for subheader in at.subheader}
     assert len(at.get("plotly_chart")) >= 3  # confusion, per class, embedding map

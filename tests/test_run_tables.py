@@ -77,3 +77,14 @@ def test_per_class_rows_and_misclassified_come_from_the_run_files():
     assert [item["index"] for item in wrong] == [2, 1]  # the most confident mistake first
     assert wrong[0]["probability"] == 0.95
     assert "probability" not in run["predictions"][2]  # the run's own data is left as it was
+
+
+def test_the_pool_column_tells_with_pool_runs_from_the_others():
+    runs = [fake_run(name, "selftrain", 0.8) for name in ("old", "none", "all", "gated")]
+    pools = [{}, {"pool_size": 0, "pool_used": 0}, {"pool_size": 40, "pool_used": 40, "pseudo_labels": 1},
+             {"pool_size": 40, "pool_used": 31, "pseudo_labels": 12}]
+    for run, pool in zip(runs, pools):
+        run["metrics"].update(pool)
+    assert [row["pool"] for row in run_tables.run_table(runs)] == [
+        "–", "none", "40 · 1 pseudo-label", "31 of 40 · 12 pseudo-labels"]
+    assert run_tables.pool_text({"pool_size": 9}) == "9"  # a strategy that reports no pool statistics

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,31 @@ def test_a_training_job_writes_a_run_in_the_project_and_records_it(queue):
     row = run_tables.run_table(runs)[0]
     assert row["strategy"] == "linear" and row["images"] == 12 and row["backbone"] == TINY
     assert view.result["run_dir"] == runs[0]["run_dir"]
+
+
+def test_a_pool_aware_job_uses_the_projects_unlabeled_images_unless_told_not_to(queue):
+    project = new_project(labeled_per_class=4, unlabeled_per_class=2, classes=3)
+    with_pool = tiny_request(project, "selftrain")
+    without = training_job.TrainRequest(**{**asdict(with_pool), "use_pool": False})
+    assert with_pool.use_pool and with_pool.uses_pool() and not without.uses_pool()
+    assert "without the pool" in without.title() and "pool" not in with_pool.title()
+    for request in (with_pool, without):
+        view = queue.wait(training_job.submit_training(queue, request, owner="pool"), timeout=120)
+        assert view.status == jobs.DONE, view.error
+        assert view.meta["use_pool"] is request.use_pool
+    by_pool = {run["metrics"]["pool_size"]: run for run in run_tables.project_runs(project.path)}
+    assert set(by_pool) == {6, 0}
+    assert by_pool[6]["metrics"]["pseudo_labels"] <= by_pool[6]["metrics"]["pool_used"] <= 6
+    assert by_pool[6]["metrics"]["n_images"] == by_pool[0]["metrics"]["n_images"] == 12
+    recorded = {Path(info.run_dir).name: info for info in project.list_runs()}
+    assert set(recorded) == {run["name"] for run in by_pool.values()}
+
+
+def test_a_job_whose_strategy_ignores_the_pool_records_none():
+    project = new_project(labeled_per_class=2, unlabeled_per_class=1, classes=2)
+    request = tiny_request(project, "protonet")
+    assert request.use_pool and not request.uses_pool() and "pool" not in request.title()
+    assert not training_job.strategy_uses_pool("no such strategy")
 
 
 def test_cancelling_a_fine_tuning_job_leaves_no_run_and_no_partial_folder(queue):
