@@ -60,7 +60,8 @@ def run_table(runs: list[dict]) -> list[dict]:
             "accuracy %": _pct(metrics.get("accuracy")), "95 % CI low": _pct(_interval(metrics)[0]),
             "95 % CI high": _pct(_interval(metrics)[1]),
             "balanced acc %": _pct(metrics.get("balanced_accuracy")), "macro F1 %": _pct(metrics.get("macro_f1")),
-            "images": metrics.get("n_images"), "pool": pool_text(metrics), "train time s": _round(metrics.get("train_seconds")),
+            "images": metrics.get("n_images"), "pool": pool_text(metrics),
+            "train time s": _round(metrics.get("train_seconds")),
             "date": (config.get("created_at") or "")[:19].replace("T", " "),
         })
     return rows

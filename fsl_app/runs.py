@@ -2,11 +2,11 @@
 
 A run folder holds ``config.json`` (backbone, strategy params, augment, seed, data snapshot), ``metrics.jsonl`` (one
 StepLog per line, appended live), ``metrics.json`` (final evaluation), ``predictions.json`` (per held-out image) and the
-fitted model (``model.safetensors`` + ``model.json``). ``pool_size`` in config and metrics counts the unlabeled images the fits
-received (0 when the strategy ignores the pool); metrics add what the fitted strategy reports of its pool use
-(``pool_used``, ``pseudo_labels``). It is written under ``<name>.partial`` and renamed when
-complete, so a crash mid-training never leaves a half-written run that looks finished. The writing process holds a
-lock on ``<name>.partial/.writer.lock``; the kernel releases it when the process dies (``kill -9`` included), and
+fitted model (``model.safetensors`` + ``model.json``). ``pool_size`` in config and metrics counts the unlabeled
+images the fits received (0 when the strategy ignores the pool); metrics add what the fitted strategy reports of its
+pool use (``pool_used``, ``pseudo_labels``). It is written under ``<name>.partial`` and renamed when complete, so
+a crash mid-training never leaves a half-written run that looks finished. The writing process holds a lock on
+``<name>.partial/.writer.lock``; the kernel releases it when the process dies (``kill -9`` included), and
 :func:`list_runs` removes a ``.partial`` folder whose lock is free.
 """
 
@@ -63,8 +63,9 @@ def train_run(images: ImageSet, strategy: Strategy, backbone: Backbone, out_dir:
     """Evaluate ``strategy`` on ``images`` with ``protocol``, fit it on all of them and save the run in ``out_dir``.
 
     ``pool``: unlabeled images (their labels are ignored) given to every evaluation split's fit and to the final fit
-    when the strategy ``uses_unlabeled``; other strategies train without it. ``on_progress(phase, done, total)`` reports evaluation and fitting; ``on_step`` gets every training StepLog (the
-    evaluation splits' fits, then the final fit; only the final fit's go to ``metrics.jsonl``).
+    when the strategy ``uses_unlabeled``; other strategies train without it. ``on_progress(phase, done, total)``
+    reports evaluation and fitting; ``on_step`` gets every training StepLog (the evaluation splits' fits, then the
+    final fit; only the final fit's go to ``metrics.jsonl``).
     """
     labeled = images.labeled()
     labeled.check_trainable()
