@@ -149,8 +149,9 @@ def finetune_study(data: Path, episodes: int, names: list[str], queries: int) ->
             + _report.table(["strategy", "accuracy % ± 95% CI", "paired diff vs linear logreg (pts)",
                              "episodes won", "s / episode"], rows)
             + "\n\nEvery fine-tuning row trains on all 5 shots: below 10 images per class no validation split is held "
-              "out (one image per class is too noisy to pick an epoch). The 'random head init' row shows what starting the "
-              "head as a linear probe (LP-FT, Kumar et al. 2022) adds on top of training on every shot without flips.")
+              "out (one image per class is too noisy to pick an epoch). The 'random head init' row shows what "
+              "starting the head as a linear probe (LP-FT, Kumar et al. 2022) adds on top of training on every shot "
+              "without flips.")
 
 
 def main() -> None:
