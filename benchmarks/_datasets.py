@@ -24,8 +24,7 @@ from PIL import Image
 
 from fsl_app.features import cache_root
 
-# 8 px -> 224 px. Bilinear reproduces the plain-script reference within ~0.5 pt; over 300 episodes bicubic
-# scores 0.5-1.7 pt lower and nearest 15-24 pt lower (blocky edges), see bench_fewshot_digits.py's docstring.
+# 8 px -> 224 px with the resampling of the plain-script reference that bench_fewshot_digits.py compares with.
 DIGITS_RESAMPLE = Image.Resampling.BILINEAR
 SKIMAGE_CLASSES = ("astronaut", "brick", "camera", "cat", "coffee", "coins", "grass", "gravel", "hubble_deep_field",
                    "immunohistochemistry", "moon", "retina", "rocket", "horse", "clock", "cell")

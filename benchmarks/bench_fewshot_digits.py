@@ -9,10 +9,8 @@
    seed), for several fine-tuning configurations (mode, lr, epochs, augmentation): mean accuracy and the paired
    per-episode difference to ``linear``.
 
-Digits are 8 x 8 gray images (levels 0..16) upscaled bilinearly to 224 x 224 RGB PNGs (``_datasets.digits_folder``).
-The upscaling matters: over the same 300 episodes (5w5s svm / logreg / protonet, 10w5s svm / protonet) bilinear gave
-81.3 / 79.8 / 75.5 / 73.8 / 65.6, bicubic 80.4 / 78.7 / 74.8 / 73.3 / 63.9 and nearest 65.4 / 63.2 / 55.2 / 55.3 / 42.1;
-bilinear is what the plain-script reference used (within 0.5 pt).
+Digits are 8 x 8 gray images (levels 0..16) upscaled bilinearly to 224 x 224 RGB PNGs (``_datasets.digits_folder``),
+the resampling of the plain-script reference these accuracies are compared with.
 
 Run alone: ``.venv/bin/python benchmarks/bench_fewshot_digits.py [--quick] [--finetune-episodes N]
 [--finetune-configs NAME,...]``.
@@ -151,10 +149,9 @@ def finetune_study(data: Path, episodes: int, names: list[str], queries: int) ->
             + _report.table(["strategy", "accuracy % ± 95% CI", "paired diff vs linear logreg (pts)",
                              "episodes won", "s / episode"], rows)
             + "\n\nEvery fine-tuning row trains on all 5 shots: below 10 images per class no validation split is held "
-              "out (one image per class is too noisy to pick an epoch). The previous default (random head, "
-              "horizontal flips, 20% validation split with early stopping) scored 46.0 against linear's 74.0 on the "
-              "first of these episodes (commit 5b915c5). The 'random head init' row shows what starting the head as a "
-              "linear probe (LP-FT, Kumar et al. 2022) adds on top of training on every shot without flips.")
+              "out (one image per class is too noisy to pick an epoch). The 'random head init' row shows what "
+              "starting the head as a linear probe (LP-FT, Kumar et al. 2022) adds on top of training on every shot "
+              "without flips.")
 
 
 def main() -> None:

@@ -194,9 +194,7 @@ def main() -> None:
         "`warm`: a new process on the filled cache. `train again`: the same call in the same process (what the UI "
         "does on the next click: backbone, session and features stay in memory). Goal: < 1 s warm.",
         "Variants: the product's automatic protocol (5-fold for 100 images with 10 per class) and leave-one-out "
-        "(100 fits) for comparison. Head fits run with one BLAS/OpenMP thread (`FeatureStrategy.fit_features`); "
-        "before that change a single logistic-regression fit here took 5.7 s instead of 0.28 s on this busy "
-        "2-core machine, and leave-one-out `train` timed out (> 60 s).",
+        "(100 fits) for comparison. Head fits run with one BLAS/OpenMP thread (`FeatureStrategy.fit_features`).",
         text,
         "One `fit_features` on the 100 cached features:\n\n" + fits,
         "`fsl-app train` as a whole process with a warm cache (includes Python start, imports, backbone load): "

@@ -152,12 +152,17 @@ def test_wait_times_out_with_the_phase_in_the_message(queue):
     release.set()
 
 
-def test_old_finished_jobs_are_forgotten():
+def test_old_finished_jobs_are_forgotten_and_the_newest_kept():
     queue = jobs.JobQueue(keep_finished=2)
+    release = threading.Event()
     try:
         ids = [queue.submit(lambda context: None, title=str(n)) for n in range(4)]
         queue.wait(ids[-1], timeout=5)
-        queue.submit(lambda context: None, title="trigger")
-        assert len(queue.jobs()) <= 3
+        queue.submit(lambda context: release.wait(5), title="running")
+        assert [job.title for job in queue.jobs()] == ["2", "3", "running"]  # the two newest finished, oldest first
+        assert queue.get(ids[0]) is None and queue.get(ids[1]) is None
+        queue.submit(lambda context: None, title="queued")  # unfinished jobs are never forgotten
+        assert [job.title for job in queue.jobs()] == ["2", "3", "running", "queued"]
     finally:
+        release.set()
         queue.shutdown()

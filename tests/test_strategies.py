@@ -2,7 +2,7 @@
 style): fit/predict_proba/embed/to_module/save/load/clone behave the same way for all of them.
 
 The tiny random backbone makes accuracy meaningless, so the contract tests check shapes, probabilities, equality
-between code paths and error messages; one slow test checks accuracy with the real default backbone.
+between code paths and error messages; tests/test_accuracy.py checks accuracy with the real default backbone.
 """
 
 from __future__ import annotations
@@ -558,25 +558,3 @@ def test_validation_split_only_when_every_class_can_spare_images():
     assert not set(train) & set(val)
     assert len(stratified_validation_split(enough, 0.0, seed=0)[1]) == 0
 
-
-# --- accuracy with the real backbone ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def default_backbone():
-    """The real default backbone with its packaged ImageNet weights (the one fixture that loads it)."""
-    from fsl_app.backbones import DEFAULT_BACKBONE, load_backbone
-
-    return load_backbone(DEFAULT_BACKBONE)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["linear", "protonet"])
-def test_frozen_strategies_are_accurate_with_the_real_backbone(name, default_backbone, tmp_path_factory):
-    from fsl_app.evaluation import evaluate
-
-    root = tmp_path_factory.getbasetemp() / "digits_3x8"
-    if not root.exists():
-        make_digits_folder(root, per_class=8)
-    report = evaluate(create_strategy(name), ImageSet.from_folder(root), default_backbone, protocol="loo")
-    assert report.n_test == 24
-    assert report.accuracy > 0.8, report.summary()
