@@ -142,7 +142,7 @@ def mean_ci95(values: np.ndarray) -> float:
 
 def choose_protocol(strategy: Strategy, y: np.ndarray) -> str:
     """Leave-one-out in the few-shot regime (up to 60 images, or up to 300 with a class of at most 5): every image
-    is tested once. Above that, 5-fold is as honest and ~20x cheaper. Strategies that train the backbone: hold-out."""
+    is tested once. Above that, 5-fold is as honest and needs 5 fits instead of one per image. Strategies that train the backbone: hold-out."""
     if not isinstance(strategy, FeatureStrategy):
         return "holdout"
     counts = np.bincount(y)[np.bincount(y) > 0]

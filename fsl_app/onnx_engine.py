@@ -62,7 +62,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, input_na
     The height and width of ``example`` are fixed in the export, so ``static_padding`` (default) first replaces
     timm's TF-style "same"-padded convolutions by constant padding for that size (:func:`static_same_padding`):
     the same numbers, without the shape arithmetic that otherwise runs at every call and blocks ONNX Runtime's
-    Pad+Conv fusion (~1.15x faster on CPU for ``tf_efficientnet_lite0``).
+    Pad+Conv fusion (benchmarks/results/extraction.md measures the gain).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
@@ -148,9 +148,8 @@ class OnnxBackbone:
 
     With ``workers > 1`` (a single-threaded session, ``parallel="data"``) a batch is cut into slices of at most
     ``chunk_size`` images that ``workers`` threads run concurrently; :meth:`run` forwards one array in the calling
-    thread. Small slices keep a run's activations in the core's cache: on 2 cores, slices of 1-4 images measured
-    19% faster than slices of 16 in one run and within noise (5%) of them in another
-    (benchmarks/results/extraction.md, "Slice and batch sizes").
+    thread. Small slices keep a run's activations in the core's cache (benchmarks/results/extraction.md, "Slice and
+    batch sizes").
     """
 
     chunk_size = 2

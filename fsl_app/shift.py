@@ -48,7 +48,7 @@ _RANK_CHUNK = 4096
 
 def _single_threaded(function):
     """Run ``function`` with one BLAS/OpenMP thread: on these few-hundred-row problems more threads only wait on
-    each other (measured ~30x slower on a loaded 2-core machine, as the strategies' head fits are)."""
+    each other, as in the strategies' head fits."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
