@@ -206,12 +206,16 @@ def stored_runs(home: Path) -> dict[str, dict]:
             for path in home.glob("projects/*/runs/*/metrics.json") if not path.parent.name.endswith(".partial")}
 
 
-def wait_for_stored_runs(home: Path, count: int) -> None:
-    """Wait until the store holds ``count`` finished runs (watching the disk, not a page that redraws live charts)."""
+def wait_for_stored_runs(page, home: Path, count: int) -> None:
+    """Wait until the store holds ``count`` finished runs (watching the disk, not a page that redraws live charts);
+    on a timeout, fail with what the Train page says about the jobs."""
     deadline = time.monotonic() + ALL_STRATEGIES_TIMEOUT_S
     while len(stored_runs(home)) < count:
-        assert time.monotonic() < deadline, f"only {len(stored_runs(home))} of {count} runs after " \
-                                            f"{ALL_STRATEGIES_TIMEOUT_S} s"
+        if time.monotonic() > deadline:
+            open_page(page, "Train")
+            jobs = page.locator('[data-testid="stMain"]').inner_text()
+            pytest.fail(f"only {len(stored_runs(home))} of {count} runs after {ALL_STRATEGIES_TIMEOUT_S} s; the Train "
+                        f"page says:\n{jobs}")
         time.sleep(0.5)
 
 
@@ -326,7 +330,7 @@ def test_create_upload_train_compare_and_download(browser_page, server, tmp_path
                    "ONNX": start_predict(onnx_file, query, tmp_path)}
     screenshot(page, "export")
 
-    wait_for_stored_runs(server.home, 1 + n_strategies)
+    wait_for_stored_runs(page, server.home, 1 + n_strategies)
     open_page(page, "Train")
     wait_for_finished_jobs(page, "kfold", n_strategies)
     compared = {name: run for name, run in stored_runs(server.home).items() if name != first_run}
