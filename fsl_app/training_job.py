@@ -13,14 +13,15 @@ import shutil
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .atomic import write_bytes_atomic
 from .backbones import DEFAULT_BACKBONE, TEST_BACKBONES, load_backbone, offering_test_backbones
 from .jobs import JobContext, JobQueue, JobView
-from .run_tables import runs_dir
+from .comparison import ProtocolPlan, plan_comparison
+from .run_tables import project_runs, runs_dir
 from .runs import PARTIAL_SUFFIX, new_run_name, train_run
-from .strategies import create_strategy, get_strategy_class, interrupt_check, list_strategies
+from .strategies import FeatureStrategy, create_strategy, get_strategy_class, interrupt_check, list_strategies
 
 PROJECT_PIPELINE = "project pipeline"  # an ``augment`` value: the pipeline saved with the project
 WEIGHTS_FOLDER = "weights"
@@ -81,12 +82,37 @@ def default_params(strategy: str, *, seed: int, project_augment: dict | None) ->
     return resolve_params(strategy, values, seed=seed, project_augment=project_augment)
 
 
+def strategy_trains_backbone(name: str, params: dict) -> bool:
+    """True when the strategy, built with ``params``, trains the backbone (it is refitted on images for every split
+    instead of deciding on cached frozen features)."""
+    return not isinstance(create_strategy(name, **params), FeatureStrategy)
+
+
 def requests_for_all_strategies(project_path: str | Path, backbone: str, weights: str, protocol: str, seed: int,
-                                project_augment: dict | None) -> list[TrainRequest]:
-    """One request per registered strategy with its default hyperparameters and the same protocol and seed."""
-    return [TrainRequest(str(project_path), backbone, weights, name,
-                         default_params(name, seed=seed, project_augment=project_augment), protocol, seed)
-            for name in list_strategies()]
+                                project_augment: dict | None, *, past_runs: Sequence[dict] | None = None
+                                ) -> tuple[ProtocolPlan, list[TrainRequest]]:
+    """One request per registered strategy with its default hyperparameters, and the plan that resolved ``protocol``.
+
+    ``auto`` is resolved once for the whole set (:func:`fsl_app.comparison.plan_comparison` on the project's labeled
+    images), so every request carries the same concrete protocol and seed and the runs can be compared image by
+    image. ``past_runs`` (default: the project's finished runs) rate the time estimate. Raises ValueError when the
+    project has no labeled image.
+    """
+    from .store import Project
+
+    params = {name: default_params(name, seed=seed, project_augment=project_augment) for name in list_strategies()}
+    project = Project(project_path)
+    try:
+        y = project.image_set(labeled_only=True).label_indices()
+    finally:
+        project.close()
+    runs = project_runs(project_path) if past_runs is None else past_runs
+    trainers = {name for name, values in params.items() if strategy_trains_backbone(name, values)}
+    plan = plan_comparison(list(params), y, trains_backbone=trainers, requested=protocol, past_runs=runs,
+                           backbone=backbone)
+    requests = [TrainRequest(str(project_path), backbone, weights, name, values, plan.protocol, seed)
+                for name, values in params.items()]
+    return plan, requests
 
 
 def save_weights_file(project_path: str | Path, name: str, data: bytes) -> Path:

@@ -296,6 +296,7 @@ def test_compare_page_shows_the_table_charts_and_embedding_map(trained_project):
         subheader.value for subheader in at.subheader}
     assert len(at.get("plotly_chart")) >= 3  # confusion, per class, embedding map
     assert f"Evaluate {len(list_strategies())} strategies" in labels(at.button)
+    assert any("stratified" in caption.value and "Estimated time" in caption.value for caption in at.caption)
     at.radio(key="map-method").set_value("tsne").run()
     assert not at.exception and not at.error
 

@@ -70,10 +70,32 @@ def test_resolve_params_sets_the_seed_and_the_project_pipeline():
                                        project_augment=None)["augment"] == "light"
 
 
-def test_evaluate_all_strategies_uses_one_protocol_and_seed():
-    requests = training_job.requests_for_all_strategies("/p", TINY, "random", "kfold", 3, None)
+def test_only_strategies_off_frozen_features_train_the_backbone():
+    defaults = {name: training_job.default_params(name, seed=0, project_augment=None) for name in list_strategies()}
+    assert {name for name, params in defaults.items() if training_job.strategy_trains_backbone(name, params)} \
+        == {"finetune"}
+
+
+def test_evaluate_all_strategies_resolves_auto_once_for_the_whole_set():
+    project = new_project(labeled_per_class=4, unlabeled_per_class=1)
+    plan, requests = training_job.requests_for_all_strategies(project.path, TINY, "random", "auto", 3, None)
     assert [r.strategy for r in requests] == list_strategies()
+    # finetune trains the backbone: leave-one-out would fine-tune 12 times, a hold-out tests 3 images
+    assert plan.protocol == "kfold" and "finetune trains the backbone" in plan.reason
     assert {(r.protocol, r.seed, r.params["seed"]) for r in requests} == {("kfold", 3, 3)}
+    assert set(plan.seconds) == set(list_strategies()) and "Estimated time" in plan.text()
+
+
+def test_evaluate_all_strategies_keeps_an_explicit_protocol():
+    project = new_project(labeled_per_class=4, unlabeled_per_class=0, classes=2)
+    plan, requests = training_job.requests_for_all_strategies(project.path, TINY, "random", "loo", 0, None)
+    assert plan.protocol == "loo" and {r.protocol for r in requests} == {"loo"}
+
+
+def test_evaluate_all_strategies_needs_labeled_images():
+    project = new_project(labeled_per_class=0, unlabeled_per_class=2)
+    with pytest.raises(ValueError, match="label some images"):
+        training_job.requests_for_all_strategies(project.path, TINY, "random", "auto", 0, None)
 
 
 def test_an_uploaded_checkpoint_is_kept_in_the_project_under_a_safe_name(tmp_path):

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from fsl_app import augment, inspect_run, projection, run_tables, training_job
+from fsl_app.comparison import PROTOCOL_NAMES
 from fsl_app.evaluation import PROTOCOL_LABELS
 from fsl_app.runs import read_run
 from fsl_app.strategies import list_strategies
@@ -10,6 +11,7 @@ from fsl_app.views import _charts, _compare_panel, _nav, _shared
 
 MAX_SIDE_BY_SIDE = 3
 MISTAKES_SHOWN = 24
+ALL_PROTOCOL_LABELS = {**PROTOCOL_LABELS, "auto": "auto (one protocol for every strategy, chosen from the data)"}
 
 
 @st.cache_data(show_spinner="Projecting the embeddings…", max_entries=16)
@@ -25,15 +27,25 @@ def runs_table(runs: list[dict]) -> None:
                                 "95 % CI high": st.column_config.NumberColumn(format="%.1f")})
 
 
-def queue_all_strategies(project, backbone: dict) -> None:
-    """on_click: one run per strategy with the chosen protocol and seed."""
+def all_strategies_plan(project, backbone: dict, runs: list[dict]):
+    """(plan, requests) for "evaluate every strategy" with the chosen protocol and seed; ``auto`` resolved once."""
     pipeline = augment.load_project_augment(project.path).resolved_pipeline()
-    requests = training_job.requests_for_all_strategies(
+    return training_job.requests_for_all_strategies(
         project.path, backbone.get("name"), backbone.get("weights", "auto"), st.session_state["all-protocol"],
-        int(st.session_state["all-seed"]), pipeline)
+        int(st.session_state["all-seed"]), pipeline, past_runs=runs)
+
+
+def queue_all_strategies(project, backbone: dict, runs: list[dict]) -> None:
+    """on_click: one run per strategy with the same resolved protocol and seed."""
+    try:
+        plan, requests = all_strategies_plan(project, backbone, runs)
+    except ValueError as error:
+        st.session_state["all-error"] = str(error)
+        return
     for request in requests:
         training_job.submit_training(_shared.job_queue(), request, owner=project.name)
-    st.session_state["all-queued"] = len(requests)
+    st.session_state["all-queued"] = (f"Queued {len(requests)} runs, all with {PROTOCOL_NAMES[plan.protocol]} and "
+                                      f"seed {requests[0].seed}: they run one after the other.")
 
 
 def evaluate_all(project, runs: list[dict]) -> None:
@@ -41,13 +53,20 @@ def evaluate_all(project, runs: list[dict]) -> None:
     backbone = latest.get("backbone", {})
     with st.expander("Evaluate every strategy with the same protocol and seed"):
         st.caption(f"Queues one run per strategy (default hyperparameters) on {backbone.get('name')} with the "
-                   "weights of the latest run, so the comparison is fair.")
-        st.selectbox("Protocol", list(PROTOCOL_LABELS), format_func=PROTOCOL_LABELS.get, key="all-protocol")
+                   "weights of the latest run, on the same splits, so the comparison is fair.")
+        st.selectbox("Protocol", list(ALL_PROTOCOL_LABELS), format_func=ALL_PROTOCOL_LABELS.get, key="all-protocol")
         st.number_input("Seed", 0, 1_000_000, int(latest.get("seed", 0)), key="all-seed")
+        try:
+            st.caption(all_strategies_plan(project, backbone, runs)[0].text())
+        except ValueError as error:
+            st.warning(str(error))
+            return
         st.button(f"Evaluate {len(list_strategies())} strategies", key="all-button",
-                  icon=":material/playlist_play:", on_click=queue_all_strategies, args=(project, backbone))
-        if st.session_state.pop("all-queued", None):
-            st.success("Queued: they run one after the other.")
+                  icon=":material/playlist_play:", on_click=queue_all_strategies, args=(project, backbone, runs))
+        if "all-error" in st.session_state:
+            st.error(st.session_state.pop("all-error"))
+        if "all-queued" in st.session_state:
+            st.success(st.session_state.pop("all-queued"))
             _nav.link(_nav.TRAIN, "Watch them on the Train page")
 
 

@@ -8,7 +8,7 @@ import os
 import subprocess
 
 import pytest
-from test_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, VIEWPORT, free_port, wait_for_health
+from test_browser import CHROMIUM_ARGS, ROOT, VIEWPORT, free_port, wait_for_health
 
 from fsl_app import auth
 from fsl_app.cli import ui as ui_launch
@@ -20,11 +20,8 @@ UI_TIMEOUT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
-def protected_server(tmp_path_factory):
+def protected_server(tmp_path_factory, chromium):
     """The studio on 127.0.0.1 with a password file (the gate applies on loopback too when a secret is set)."""
-    if not CHROMIUM.is_file():
-        pytest.skip("the browser test needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api", reason="the browser test needs the playwright Python package")
     folder = tmp_path_factory.mktemp("e2e-login")
     password_file = folder / "password"
     password_file.write_text(SECRET + "\n")
@@ -51,11 +48,11 @@ def protected_server(tmp_path_factory):
             process.wait(5)
 
 
-def test_log_in_then_see_the_home_page(protected_server):
+def test_log_in_then_see_the_home_page(protected_server, chromium):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport=VIEWPORT)
         page = context.new_page()
         page.set_default_timeout(UI_TIMEOUT_MS)
