@@ -294,18 +294,7 @@ def test_create_upload_train_compare_and_download(browser_page, server, tmp_path
     assert metric_value(page, "Accuracy (loo)") == format_accuracy(first["metrics"])
     screenshot(page, "train")
 
-    # every strategy, queued from the Compare page: one protocol chosen for the set, said before it starts
-    open_page(page, "Compare")
-    page.get_by_text("Nothing to compare yet: only one finished run.").wait_for()
-    page.get_by_text("Evaluate every strategy with the same protocol and seed").click()
-    page.get_by_text(f"every strategy uses the same seeded stratified {PER_CLASS}-fold splits").wait_for()
-    evaluate_all = page.get_by_role("button", name=re.compile(r"Evaluate \d+ strategies"))
-    n_strategies = int(re.search(r"\d+", evaluate_all.inner_text()).group())
-    evaluate_all.click()
-    page.get_by_text(f"Queued {n_strategies} runs, all with stratified k-fold and seed 0").wait_for()
-    wait_idle(page)
-
-    # while they train: try an image, download the run and its ONNX export, predict with both in a fresh process
+    # try an image, download the run and its ONNX export, predict with both in fresh processes (run meanwhile)
     open_page(page, "Export & try")
     page.get_by_text("Download the model").wait_for()
     query = sample_files(tmp_path / "query", CLASSES[1], PER_CLASS + 1)[-1]  # not one of the training images
@@ -329,6 +318,17 @@ def test_create_upload_train_compare_and_download(browser_page, server, tmp_path
     predictions = {"run folder": start_predict(tmp_path / "unzipped" / run_name, query, tmp_path),
                    "ONNX": start_predict(onnx_file, query, tmp_path)}
     screenshot(page, "export")
+
+    # every strategy, queued from the Compare page: one protocol chosen for the set, said before it starts
+    open_page(page, "Compare")
+    page.get_by_text("Nothing to compare yet: only one finished run.").wait_for()
+    page.get_by_text("Evaluate every strategy with the same protocol and seed").click()
+    page.get_by_text(f"every strategy uses the same seeded stratified {PER_CLASS}-fold splits").wait_for()
+    evaluate_all = page.get_by_role("button", name=re.compile(r"Evaluate \d+ strategies"))
+    n_strategies = int(re.search(r"\d+", evaluate_all.inner_text()).group())
+    evaluate_all.click()
+    page.get_by_text(f"Queued {n_strategies} runs, all with stratified k-fold and seed 0").wait_for()
+    wait_idle(page)
 
     wait_for_stored_runs(page, server.home, 1 + n_strategies)
     open_page(page, "Train")
