@@ -19,7 +19,7 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from conftest import CHROMIUM
+from browser_setup import CHROMIUM
 from test_browser import CHROMIUM_ARGS, ROOT, VIEWPORT, free_port, open_page, sample_files, wait_idle
 
 TRAIN_TIMEOUT_MS = 600_000

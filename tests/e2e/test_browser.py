@@ -28,6 +28,8 @@ import pytest
 from fsl_app import sample_data
 from fsl_app.intervals import format_accuracy
 
+from browser_setup import chromium  # noqa: F401  (the fixture)
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,6 +8,7 @@ import os
 import subprocess
 
 import pytest
+from browser_setup import chromium  # noqa: F401  (the fixture)
 from test_browser import CHROMIUM_ARGS, ROOT, VIEWPORT, free_port, wait_for_health
 
 from fsl_app import auth

@@ -1,4 +1,5 @@
-"""What every browser test needs: Debian's chromium and the playwright package. Missing, they skip the tests on a
+"""What every browser test needs: Debian's chromium and the playwright package (a plain module, not a conftest.py:
+a second conftest would shadow tests/conftest.py's helpers). Missing, they skip the tests on a
 developer's machine and fail them in CI (``CI=true``), where a skipped browser test would pass unnoticed."""
 
 from __future__ import annotations
