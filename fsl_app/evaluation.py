@@ -212,7 +212,7 @@ def evaluate(strategy: Strategy, images: ImageSet, backbone: Backbone, *, protoc
     if isinstance(strategy, FeatureStrategy):
         features = get_extractor(backbone).extract(images)
         if strategy.uses_unlabeled and len(pool):
-            pool_features = get_extractor(backbone).extract(pool)
+            pool_features = get_extractor(backbone).extract(strategy.pool_to_extract(pool))
     tested, predicted, probabilities, split_scores = [], [], [], []
     for number, (train, test) in enumerate(splits, 1):
         split_features = None if features is None else (features[train], features[test], pool_features)

@@ -173,3 +173,15 @@ def test_pool_statistics_survive_save_and_load(digits_set, tiny_backbone, tmp_pa
     fitted.save(tmp_path)
     loaded = load_strategy(tmp_path, tiny_backbone)
     assert (loaded.pool_used_, loaded.pseudo_labels_) == (fitted.pool_used_, fitted.pseudo_labels_) != (0, 0)
+
+
+@pytest.mark.parametrize("name", POOL_STRATEGIES)
+def test_only_max_pool_images_of_a_large_pool_are_extracted(name, tmp_path):
+    from fsl_app.dataset import ImageRecord, ImageSet
+
+    pool = ImageSet(ImageRecord(tmp_path / f"{i}.png", f"{i:064x}", None) for i in range(50))
+    chosen = create_strategy(name, max_pool=7, seed=3).pool_to_extract(pool)
+    assert len(chosen) == 7 and len({r.sha256 for r in chosen.records}) == 7
+    assert [r.sha256 for r in chosen.records] == \
+        [r.sha256 for r in create_strategy(name, max_pool=7, seed=3).pool_to_extract(pool).records]
+    assert len(create_strategy(name, max_pool=70).pool_to_extract(pool)) == 50

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ._heads import FeatureNormalizer
+from ..dataset import ImageSet
 from .base import FeatureStrategy
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,13 @@ class PoolFeatureStrategy(FeatureStrategy):
                 x = normalizer(features)
         self.pool_used_ = 0 if u is None else len(u)
         return self._fit_normalized(normalizer, x, y, u)
+
+    def pool_to_extract(self, unlabeled: ImageSet) -> ImageSet:
+        """A seeded subset of at most ``max_pool`` images: a 100,000-image pool is never extracted whole."""
+        if len(unlabeled) <= self.max_pool:
+            return unlabeled
+        rows = np.random.default_rng(self.seed).choice(len(unlabeled), size=self.max_pool, replace=False)
+        return unlabeled.subset(np.sort(rows))
 
     @abstractmethod
     def _fit_normalized(self, normalizer: FeatureNormalizer, x: torch.Tensor, y: np.ndarray,

@@ -230,8 +230,12 @@ class FeatureStrategy(Strategy):
         features = extractor.extract(support)
         pool = None
         if self.uses_unlabeled and unlabeled is not None and len(unlabeled):
-            pool = extractor.extract(unlabeled)
+            pool = extractor.extract(self.pool_to_extract(unlabeled))
         return self.fit_features(features, support.labels, backbone=backbone, unlabeled=pool)
+
+    def pool_to_extract(self, unlabeled: ImageSet) -> ImageSet:
+        """The pool images whose features the fit needs (all of them here; a subset where the fit samples)."""
+        return unlabeled
 
     def fit_features(self, features: torch.Tensor, labels: list[str], *, backbone: Backbone | None = None,
                      unlabeled: torch.Tensor | None = None) -> "FeatureStrategy":
