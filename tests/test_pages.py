@@ -315,3 +315,28 @@ def test_export_page_predicts_an_uploaded_image_and_offers_downloads(trained_pro
     assert not at.exception and not at.error
     assert any(markdown.value.startswith("Prediction: **") for markdown in at.markdown)
     assert any("Nearest training images" in caption.value for caption in at.caption)
+
+
+def test_train_page_offers_a_one_file_strategy_with_its_declared_parameters(trained_project, tmp_path, monkeypatch):
+    """Adding a strategy is one file: the Train page's pickers list it and render its declared parameters."""
+    import importlib
+    import sys
+    import textwrap
+
+    from fsl_app.strategies import _registry
+    from test_strategy_registration import NAME, SOURCE
+
+    monkeypatch.setattr(_registry, "_STRATEGIES", dict(_registry._STRATEGIES))
+    (tmp_path / "throwaway_page_strategy.py").write_text(textwrap.dedent(SOURCE), encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        importlib.import_module("throwaway_page_strategy")
+        at = open_page("views/train.py", trained_project)
+        assert NAME in at.selectbox(key="train-strategy").options
+        at.selectbox(key="train-strategy").set_value(NAME).run()
+        shrink = at.number_input(key=f"param-{NAME}-shrink")
+        assert shrink.value == 0.25 and "overall mean" in shrink.help
+        assert at.selectbox(key=f"param-{NAME}-metric").options == ["euclidean"]
+        assert not at.exception
+    finally:
+        sys.modules.pop("throwaway_page_strategy", None)
