@@ -13,6 +13,7 @@ import sqlite3
 import sys
 
 from .. import DEFAULT_BACKBONE
+from ._args import UserError, parse_params
 
 DEFAULT_TOP = 20
 
@@ -50,7 +51,7 @@ def cmd_check_labels(args: argparse.Namespace) -> int:
 
     try:
         check = _run_check(args)
-    except (StoreError, DataError, ImageError, BackboneError, ValueError, FileNotFoundError) as error:
+    except (StoreError, DataError, ImageError, BackboneError, UserError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except sqlite3.DatabaseError as error:
@@ -78,23 +79,10 @@ def _run_check(args: argparse.Namespace):
         strategy, backbone = strategy_from_run(args.run)
         options = {"strategy": strategy, "backbone": backbone}
     else:
-        options = {"strategy": args.strategy or "linear", "params": _parse_params(args.param),
+        options = {"strategy": args.strategy or "linear", "params": parse_params(args.param),
                    "backbone": args.backbone, "weights": args.weights}
     with open_project(args.project, args.home) as project:
         return check_labels(project, protocol=args.protocol, seed=args.seed, **options)
-
-
-def _parse_params(pairs: list[str]) -> dict:
-    params = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--param {pair!r} must look like name=value, e.g. --param classifier=svm")
-        key, raw = pair.split("=", 1)
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    return params
 
 
 def _print_table(check, rows) -> None:

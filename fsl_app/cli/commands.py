@@ -26,26 +26,12 @@ from typing import Sequence
 from .. import DEFAULT_BACKBONE
 from .pools import (add_pool_arguments, check_pool_arguments, episode_setting_text, load_query_images,
                     note_ignored_pool, pool_text, training_pool)
+from ._args import UserError, parse_params
 from .ui import add_ui_arguments
 
 EXIT_USAGE = 2
 
 
-class UserError(Exception):
-    """A problem the user can fix; printed without a traceback."""
-
-
-def _parse_params(pairs: Sequence[str]) -> dict:
-    params = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise UserError(f"--param {pair!r} must look like name=value, e.g. --param C=1.0")
-        key, raw = pair.split("=", 1)
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    return params
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -123,7 +109,7 @@ def _strategy_and_backbone(args):
     from ..backbones import load_backbone
     from ..strategies import create_strategy
 
-    params = _parse_params(args.param)
+    params = parse_params(args.param)
     if "seed" in _strategy_param_names(args.strategy) and "seed" not in params:
         params["seed"] = args.seed
     strategy = create_strategy(args.strategy, **params)

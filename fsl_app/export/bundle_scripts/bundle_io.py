@@ -34,6 +34,16 @@ def read_checked(folder: Path, name: str) -> bytes:
     return data
 
 
+def prediction(path, probabilities, classes: list, top_k: int, threshold) -> dict:
+    """One image's answer: the top_k classes, and "unknown" when the best probability is below ``threshold``."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    top = [{"label": classes[i], "probability": float(probabilities[i])}
+           for i in np.argsort(-probabilities, kind="stable")[:top_k]]
+    rejected = threshold is not None and top[0]["probability"] < threshold
+    return {"image": str(path), "label": "unknown" if rejected else top[0]["label"],
+            "probability": top[0]["probability"], "top_k": top}
+
+
 def load_rgb(path) -> Image.Image:
     """An RGB image as fsl_app sees it: EXIF orientation applied, 16/32-bit mapped to 8 bits, alpha over white."""
     image = Image.open(path)

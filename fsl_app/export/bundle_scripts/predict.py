@@ -14,7 +14,7 @@ from safetensors.torch import load
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # bundle_io.py ships beside this script
-from bundle_io import BundleError, load_rgb, read_checked, read_config  # noqa: E402
+from bundle_io import BundleError, load_rgb, prediction, read_checked, read_config  # noqa: E402
 
 
 def backbone(config, state):
@@ -49,11 +49,7 @@ def main(paths, top_k=3):
     for path in paths:
         with torch.inference_mode():
             proba = torch.softmax(head(model(transform(load_rgb(path))[None]), config["head"], state).float(), 1)[0]
-        values, indices = proba.topk(min(top_k, len(classes)))
-        top = [{"label": classes[i], "probability": float(v)} for v, i in zip(values.tolist(), indices.tolist())]
-        rejected = threshold is not None and top[0]["probability"] < threshold
-        results.append({"image": path, "label": "unknown" if rejected else top[0]["label"],
-                        "probability": top[0]["probability"], "top_k": top})
+        results.append(prediction(path, proba.tolist(), classes, top_k, threshold))
     print(json.dumps(results, ensure_ascii=False))
 
 

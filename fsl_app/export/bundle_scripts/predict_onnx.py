@@ -15,7 +15,7 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # bundle_io.py ships beside this script
-from bundle_io import BundleError, load_rgb, read_checked  # noqa: E402
+from bundle_io import BundleError, load_rgb, prediction, read_checked  # noqa: E402
 
 RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 
@@ -51,10 +51,7 @@ def main(paths, top_k=3):
         logits = session.run(None, {session.get_inputs()[0].name: preprocess(load_rgb(path), meta)[None]})[0][0]
         proba = np.exp(logits - logits.max())
         proba /= proba.sum()
-        top = [{"label": classes[i], "probability": float(proba[i])} for i in np.argsort(-proba)[:top_k]]
-        rejected = threshold is not None and top[0]["probability"] < threshold
-        results.append({"image": path, "label": "unknown" if rejected else top[0]["label"],
-                        "probability": top[0]["probability"], "top_k": top})
+        results.append(prediction(path, proba, classes, top_k, threshold))
     print(json.dumps(results, ensure_ascii=False))
 
 
