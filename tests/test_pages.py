@@ -243,6 +243,9 @@ def test_train_page_offers_the_unlabeled_pool_to_a_strategy_that_learns_from_it(
     runs = run_tables.project_runs(project.path)
     assert sorted(run["metrics"]["pool_size"] for run in runs) == [0, 6]
     assert {run["config"]["strategy"] for run in runs} == {"selftrain"}
+    compare = open_page("views/compare.py", name)  # with- and without-pool runs side by side, and the shift check
+    assert "Domain shift" in [subheader.value for subheader in compare.subheader]
+    assert not compare.exception
 
 
 def test_train_page_cancels_a_running_fine_tuning():
