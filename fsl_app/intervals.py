@@ -69,17 +69,24 @@ def format_accuracy(metrics: Mapping[str, Any] | Any) -> str:
 
     Metrics written before ``ci_low``/``ci_high`` existed get the Wilson interval from ``accuracy`` and ``n_test``.
     """
+    value, interval = accuracy_parts(metrics)
+    return f"{value} ({interval})" if interval else value
+
+
+def accuracy_parts(metrics: Mapping[str, Any] | Any) -> tuple[str, str]:
+    """``("100.0 %", "86.2-100.0, n=24")``: :func:`format_accuracy` in two parts, for a metric and its caption;
+    the interval part is empty when there is none."""
     get = metrics.get if isinstance(metrics, Mapping) else lambda key: getattr(metrics, key, None)
     accuracy, n = get("accuracy"), get("n_test")
     if accuracy is None and get("mean_accuracy") is not None:  # an episode report from before ``accuracy``
         accuracy = get("mean_accuracy") / 100
     if accuracy is None or accuracy != accuracy or n == 0:
-        return "n/a (nothing tested)"
+        return "n/a (nothing tested)", ""
     low, high = get("ci_low"), get("ci_high")
     if low is None or high is None:
         low, high = accuracy_interval(accuracy, int(n)) if n else (None, None)
-    interval = f" ({100 * low:.1f}-{100 * high:.1f}, n={n})" if low is not None else ""
-    return f"{100 * accuracy:.1f} %{interval}"
+    interval = f"{100 * low:.1f}-{100 * high:.1f}, n={n}" if low is not None else ""
+    return f"{100 * accuracy:.1f} %", interval
 
 
 def _normal_quantile(confidence: float) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .intervals import accuracy_interval, format_accuracy
+from .intervals import accuracy_interval, accuracy_parts
 from .runs import list_runs
 
 RUNS_FOLDER = "runs"
@@ -35,11 +35,12 @@ def percent(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{100 * value:.{digits}f} %"
 
 
-def accuracy_text(metrics: dict) -> str:
-    """'83.3 % (70.1-91.2, n=24)': accuracy with its 95 % interval, asymmetric where it is (near 0 and 100 %)."""
+def accuracy_metric(metrics: dict) -> tuple[str, str]:
+    """The accuracy for a metric tile and its interval for the caption below it: ("80.0 %", "95 % interval ...")."""
     if metrics.get("accuracy") is None:
-        return "–"
-    return format_accuracy(metrics)
+        return "–", ""
+    value, interval = accuracy_parts(metrics)
+    return value, f"95 % interval {interval}" if interval else ""
 
 
 def run_label(run: dict) -> str:

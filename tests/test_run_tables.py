@@ -42,13 +42,13 @@ def test_best_run_prefers_accuracy_then_the_newest():
     assert run_tables.best_run([]) is None
 
 
-def test_accuracy_text_shows_an_interval_that_does_not_collapse_at_100_percent():
-    assert run_tables.accuracy_text({"accuracy": 0.75, "ci_low": 0.6, "ci_high": 0.85, "n_test": 40}) == \
-        "75.0 % (60.0-85.0, n=40)"
-    text = run_tables.accuracy_text({"accuracy": 1.0, "ci95": 0.0, "n_test": 24})  # a run saved before ci_low
-    assert text.startswith("100.0 % (86.") and text.endswith("-100.0, n=24)")
-    assert run_tables.accuracy_text({"accuracy": 0.5, "n_test": 0}) == "n/a (nothing tested)"
-    assert run_tables.accuracy_text({}) == "–"
+def test_accuracy_metric_shows_an_interval_that_does_not_collapse_at_100_percent():
+    assert run_tables.accuracy_metric({"accuracy": 0.75, "ci_low": 0.6, "ci_high": 0.85, "n_test": 40}) == \
+        ("75.0 %", "95 % interval 60.0-85.0, n=40")
+    value, interval = run_tables.accuracy_metric({"accuracy": 1.0, "ci95": 0.0, "n_test": 24})  # saved before ci_low
+    assert value == "100.0 %" and interval.startswith("95 % interval 86.") and interval.endswith("-100.0, n=24")
+    assert run_tables.accuracy_metric({"accuracy": 0.5, "n_test": 0}) == ("n/a (nothing tested)", "")
+    assert run_tables.accuracy_metric({}) == ("–", "")
     assert run_tables.percent(None) == "–"
 
 

@@ -37,8 +37,10 @@ def finished_card(view: jobs.JobView) -> None:
             metrics = view.result["metrics"]
             st.markdown(f":material/check_circle: **{view.title}** · {view.elapsed_s:.0f} s")
             columns = st.columns([3, 2, 2])
-            columns[0].metric(f"Accuracy ({metrics.get('protocol')})", run_tables.accuracy_text(metrics),
-                              help="accuracy on held-out images with its 95 % interval and the number of tested images")
+            value, interval = run_tables.accuracy_metric(metrics)
+            columns[0].metric(f"Accuracy ({metrics.get('protocol')})", value,
+                              help="accuracy on held-out images; below it, its 95 % interval and the tested images")
+            columns[0].caption(interval)
             columns[1].metric("Balanced accuracy", run_tables.percent(metrics.get("balanced_accuracy")))
             columns[2].metric("Tested images", metrics.get("n_test"))
         elif view.status == jobs.FAILED:

@@ -22,7 +22,9 @@ def run_summary(run: dict) -> None:
     left.markdown(f"**{config.get('strategy')}** on **{config.get('backbone', {}).get('name')}** "
                   f"({config.get('backbone', {}).get('source')} weights), trained on {metrics.get('n_images')} "
                   f"images of {len(config.get('classes', []))} classes: {', '.join(config.get('classes', []))}.")
-    right.metric(f"Accuracy ({metrics.get('protocol')})", run_tables.accuracy_text(metrics))
+    value, interval = run_tables.accuracy_metric(metrics)
+    right.metric(f"Accuracy ({metrics.get('protocol')})", value)
+    right.caption(interval)
 
 
 def try_image(run: dict) -> None:

@@ -47,7 +47,7 @@ def overview(project) -> None:
     columns[1].metric("Labeled", stats.n_labeled)
     columns[2].metric("Classes", len(stats.class_counts))
     columns[3].metric("Runs", len(runs))
-    columns[4].metric("Best accuracy", run_tables.accuracy_text(best["metrics"]) if best else "–",
+    columns[4].metric("Best accuracy", run_tables.accuracy_metric(best["metrics"])[0] if best else "–",
                       help=run_tables.run_label(best) if best else "no finished run yet")
     for warning in stats.warnings:
         st.warning(warning, icon=":material/warning:")

@@ -226,6 +226,13 @@ def metric_value(page, label: str) -> str:
         '[data-testid="stMetricValue"]').inner_text().strip()
 
 
+def shown_accuracy(page, label: str) -> str:
+    """The accuracy tile's value with the interval caption under it, as format_accuracy writes them together."""
+    value = metric_value(page, label)
+    caption = page.get_by_text(re.compile(r"^95 % interval ")).first.inner_text().strip()
+    return f"{value} ({caption.removeprefix('95 % interval ')})"
+
+
 def download(page, button: str, folder: Path) -> Path:
     with page.expect_download() as download_info:
         page.get_by_role("button", name=button).click()
@@ -293,7 +300,7 @@ def test_create_upload_train_compare_and_download(browser_page, server, tmp_path
     page.get_by_text("Accuracy (loo)").wait_for(timeout=TRAIN_TIMEOUT_MS)
     wait_idle(page)
     [(first_run, first)] = stored_runs(server.home).items()
-    assert metric_value(page, "Accuracy (loo)") == format_accuracy(first["metrics"])
+    assert shown_accuracy(page, "Accuracy (loo)") == format_accuracy(first["metrics"])
     screenshot(page, "train")
 
     # try an image, download the run and its ONNX export, predict with both in fresh processes (run meanwhile)
@@ -309,7 +316,7 @@ def test_create_upload_train_compare_and_download(browser_page, server, tmp_path
     run_zip = download(page, "Run folder (.zip)", tmp_path)
     run_name = run_zip.stem
     assert run_name == first_run
-    assert metric_value(page, "Accuracy (loo)") == format_accuracy(first["metrics"])
+    assert shown_accuracy(page, "Accuracy (loo)") == format_accuracy(first["metrics"])
     with zipfile.ZipFile(run_zip) as archive:
         assert f"{run_name}/model.safetensors" in archive.namelist()
         archive.extractall(tmp_path / "unzipped")
