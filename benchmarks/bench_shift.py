@@ -17,7 +17,8 @@ CL2N, ``create_strategy("linear")``) fit on the support, predicting (i) the raw 
 queries mapped by ``fit_alignment(support features, pool)`` (``center`` or ``coral``), where the pool is the
 episode's queries (the transductive protocol) or every image of B (a pool holding the other classes too); coral
 with Ledoit-Wolf shrinkage ("auto") and with a fixed 0.9; or (iii) "gated center": centred on the queries only
-when ``detect_shift(support, queries)`` flags a shift. The same variants
+when ``detect_shift(support, queries)`` flags a shift; or (iv) the product's pool-aware strategies ``aligned`` and
+``selftrain`` fitted with the episode's queries as their unlabeled pool. The same variants
 also run with queries from A (no shift) to show what alignment costs when there is nothing to fix. Every variant sees
 the same seeded episodes (``fsl_app.evaluation.sample_episode``); differences are paired per episode, 95% CI.
 
@@ -52,11 +53,13 @@ POWER_GOAL = 0.9
 NO_SHIFT_TOLERANCE = 0.5  # points an alignment may cost when there is no shift, to be a safe default
 DRAWS = [("random, 25 vs 75", 25, 75), ("random, 100 vs 400", 100, 400), ("5-way 5-shot support vs its queries",
                                                                             None, None)]
+# the product's pool-aware strategies, fitted with the episode's queries as their unlabeled pool
+POOL_STRATEGY_VARIANTS = ["strategy aligned (pool: queries)", "strategy selftrain (pool: queries)"]
 SHIFTED_VARIANTS = ["inductive", "center (pool: queries)", "coral (pool: queries)",
                     "coral (pool: queries, shrinkage 0.9)", "center (pool: all of B)", "coral (pool: all of B)",
-                    "gated center (pool: queries)"]
+                    "gated center (pool: queries)", *POOL_STRATEGY_VARIANTS]
 UNSHIFTED_VARIANTS = ["inductive", "center (pool: queries)", "coral (pool: queries)",
-                      "coral (pool: queries, shrinkage 0.9)", "gated center (pool: queries)"]
+                      "coral (pool: queries, shrinkage 0.9)", "gated center (pool: queries)", *POOL_STRATEGY_VARIANTS]
 
 
 def load_pair(name: str, extractor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, list[str]]:
@@ -141,6 +144,11 @@ def fit_linear(support: torch.Tensor, names: list[str]):
     return model.fit_features(support, names, **options)
 
 
+def fit_pool_strategy(name: str, support: torch.Tensor, names: list[str], pool: torch.Tensor):
+    """A registered pool-aware strategy fitted on the support with ``pool`` (the queries) as its unlabeled images."""
+    return create_strategy(name).fit_features(support, names, unlabeled=pool)
+
+
 def accuracy(model, queries: torch.Tensor, truth: np.ndarray) -> float:
     predicted = np.array(model.classes_)[model.predict_proba(queries).argmax(1).numpy()]
     return 100.0 * float((predicted == truth).mean())
@@ -179,11 +187,15 @@ def accuracy_study(features_a: torch.Tensor, features_b: torch.Tensor, labels: n
                                                      ("A -> A", features_a[query_idx], UNSHIFTED_VARIANTS)):
                     for variant in variants:
                         started = time.perf_counter()
-                        mapped = variant_queries(variant, support, queries, statistics_b)
+                        if variant.startswith("strategy "):
+                            names = list(class_names[labels[support_idx]])
+                            score = accuracy(fit_pool_strategy(variant.split(" ")[1], support, names, queries),
+                                             queries, truth)
+                        else:
+                            score = accuracy(model, variant_queries(variant, support, queries, statistics_b), truth)
                         elapsed = time.perf_counter() - started
                         seconds[(direction, variant)] = seconds.get((direction, variant), 0.0) + elapsed
-                        results.setdefault((direction, protocol, variant), []).append(
-                            accuracy(model, mapped, truth))
+                        results.setdefault((direction, protocol, variant), []).append(score)
     return results, seconds
 
 
