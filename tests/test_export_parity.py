@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from conftest import make_digits_folder
+from test_export import BUNDLE_SCRIPTS
 from fsl_app.dataset import ImageSet
 from fsl_app.export import export_run, load_predictor
 from fsl_app.runs import train_run
@@ -42,18 +43,6 @@ BUNDLE_SCRIPT_NAMES = ("predict.py", "predict_onnx.py")
 TOLERANCE = 1e-4
 pytestmark = pytest.mark.slow  # 19 settings x 2 exports of the tiny backbone, and two fresh processes
 
-RUN_SCRIPTS = r"""
-import contextlib, io, json, runpy, sys
-scripts, images = json.loads(sys.argv[1]), sys.argv[2:]
-results = {}
-for script in scripts:
-    printed = io.StringIO()
-    sys.argv = [script, *images]
-    with contextlib.redirect_stdout(printed):
-        runpy.run_path(script, run_name="__main__")
-    results[script] = json.loads(printed.getvalue())
-print(json.dumps(results))
-"""
 
 
 def setting_id(setting) -> str:
@@ -102,13 +91,13 @@ def bundle_scripts(exported, queries, workspace) -> dict[str, dict]:
     processes = {}
     for script in BUNDLE_SCRIPT_NAMES:
         paths = [str(workspace / "unzipped" / case / script) for case in exported]
-        processes[script] = subprocess.Popen([sys.executable, "-c", RUN_SCRIPTS, json.dumps(paths), *images],
+        processes[script] = subprocess.Popen([sys.executable, "-c", BUNDLE_SCRIPTS, json.dumps(paths), *images],
                                              cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outputs = {}
     for script, process in processes.items():
         stdout, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, f"{script} failed:\n{stderr[-3000:]}"
-        outputs.update(json.loads(stdout.strip().splitlines()[-1]))
+        outputs.update(json.loads(stdout.strip().splitlines()[-1])["results"])
     return outputs
 
 
