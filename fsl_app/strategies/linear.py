@@ -77,14 +77,7 @@ class LinearProbe(FeatureStrategy):
         """Logistic regression is already calibrated; SVM margins get a temperature from held-out decisions."""
         if self.classifier == "logreg" or not self.calibrate:
             return 1.0
-        folds = min(3, int(np.bincount(y).min()))
-        if folds < 2:
-            return 1.0
-        cv = StratifiedKFold(folds, shuffle=True, random_state=self.seed)
-        decisions = cross_val_predict(self._estimator(), x, y, cv=cv, method="decision_function")
-        if decisions.ndim == 1:
-            decisions = np.stack([-decisions / 2, decisions / 2], axis=1)
-        return fit_temperature(torch.from_numpy(decisions).float(), y)
+        return out_of_fold_temperature(self._estimator(), x, y, self.seed)
 
     def _rbf_head(self, normalizer, estimator, x: np.ndarray, temperature: float) -> nn.Module:
         """One binary SVC per class (one-vs-rest): decision_c(x) = sum_j dual_cj K(x, s_j) + b_c."""
@@ -99,3 +92,16 @@ class LinearProbe(FeatureStrategy):
             intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
         return RBFHead(normalizer, torch.from_numpy(x), torch.from_numpy(coef / temperature),
                        torch.from_numpy(intercept / temperature), self._gamma_)
+
+
+def out_of_fold_temperature(estimator, x: np.ndarray, y: np.ndarray, seed: int) -> float:
+    """Temperature that calibrates ``estimator``'s decision margins, from out-of-fold decisions on (x (n, d), y (n,));
+    1.0 when a class has fewer than 2 images (no folds)."""
+    folds = min(3, int(np.bincount(y).min()))
+    if folds < 2:
+        return 1.0
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    decisions = cross_val_predict(estimator, x, y, cv=cv, method="decision_function")
+    if decisions.ndim == 1:
+        decisions = np.stack([-decisions / 2, decisions / 2], axis=1)
+    return fit_temperature(torch.from_numpy(decisions).float(), y)

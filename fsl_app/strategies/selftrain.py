@@ -28,9 +28,10 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.svm import LinearSVC
 from torch import nn
 
-from ._heads import FeatureNormalizer, LinearHead, binary_to_two_columns, fit_temperature
+from ._heads import FeatureNormalizer, LinearHead, binary_to_two_columns
 from ._pool import OUTLIER_MODES, POOL_PARAM_HELP, PoolFeatureStrategy
 from ._registry import register_strategy
+from .linear import out_of_fold_temperature
 
 MAX_FOLDS = 5
 CLASSIFIERS = ("svm", "logreg")
@@ -106,14 +107,7 @@ class SelfTraining(PoolFeatureStrategy):
 
     def _svm_temperature(self, x: np.ndarray, y: np.ndarray) -> float:
         """Temperature of the SVM margins from out-of-fold decisions on the labeled images (1.0 without folds)."""
-        folds = min(3, int(np.bincount(y).min()))
-        if folds < 2:
-            return 1.0
-        cv = StratifiedKFold(folds, shuffle=True, random_state=self.seed)
-        decisions = cross_val_predict(self._svm(), x, y, cv=cv, method="decision_function")
-        if decisions.ndim == 1:
-            decisions = np.stack([-decisions / 2, decisions / 2], axis=1)
-        return fit_temperature(torch.from_numpy(decisions).float(), y)
+        return out_of_fold_temperature(self._svm(), x, y, self.seed)
 
     def _threshold(self, x: np.ndarray, y: np.ndarray) -> float | None:
         """The lowest out-of-fold confidence whose predictions at least that sure reach ``target_precision``;

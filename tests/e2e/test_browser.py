@@ -92,12 +92,17 @@ def server(tmp_path_factory, chromium) -> Studio:
         wait_for_health(url, process, log)
         yield Studio(url, folder / "home")
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End a studio server: terminate, then kill if it does not exit within 15 s."""
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
 
 
 @pytest.fixture(scope="module")

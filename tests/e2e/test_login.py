@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 from browser_setup import chromium  # noqa: F401  (the fixture)
-from test_browser import CHROMIUM_ARGS, ROOT, VIEWPORT, free_port, wait_for_health
+from test_browser import CHROMIUM_ARGS, ROOT, VIEWPORT, free_port, stop, wait_for_health
 
 from fsl_app import auth
 from fsl_app.cli import ui as ui_launch
@@ -41,12 +41,7 @@ def protected_server(tmp_path_factory, chromium):
         wait_for_health(url, process, log)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop(process)
 
 
 def test_log_in_then_see_the_home_page(protected_server, chromium):
