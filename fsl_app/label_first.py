@@ -365,22 +365,41 @@ def _nearest_labels(chosen: np.ndarray, labeled: np.ndarray, labels: list, pool:
 
 def _margin(stored: list, pool: ImageSet, labeled: ImageSet, strategy, budget: int) -> list[Pick]:
     classes = list(strategy.classes_)
-    proba = _as_numpy(strategy.predict_proba(pool))
-    pool_embedding = _unit(_as_numpy(strategy.embed(pool)))
     known = labeled.subset([i for i, label in enumerate(labeled.labels) if label in classes])
-    labeled_embedding = _unit(_as_numpy(strategy.embed(known))) if len(known) else np.zeros((0, pool_embedding.shape[1]))
-    counts = np.array([sum(label == name for label in known.labels) for name in classes])
+    pool_embedding = _unit(_as_numpy(strategy.embed(pool)))
+    labeled_embedding = (_unit(_as_numpy(strategy.embed(known))) if len(known)
+                         else np.zeros((0, pool_embedding.shape[1])))
+    proba = _as_numpy(strategy.predict_proba(pool))
+    counts = np.array([known.labels.count(name) for name in classes])
     picks = margin_diversity_picks(proba, pool_embedding, labeled_embedding, counts, budget)
-    result = []
-    for i, index in enumerate(picks.order):
-        image = stored[index]
-        first, second = np.argsort(-proba[index])[:2] if len(classes) > 1 else (0, 0)
-        reason = (f"the model hesitates between {classes[first]} ({proba[index, first]:.0%}) and {classes[second]} "
-                  f"({proba[index, second]:.0%}); distance to the nearest labeled or picked image "
-                  f"{picks.distance[i]:.2f}")
-        result.append(Pick(image.id, image.source_name, image.sha256, "margin", reason, float(picks.score[i]),
-                           classes[int(picks.predicted[i])]))
-    return result
+    return [_margin_pick(stored[index], classes, proba[index], picks, i) for i, index in enumerate(picks.order)]
+
+
+def probe_margin_picks(labeled_features, labels: list[str], pool_features, budget: int, *,
+                       seed: int = 0) -> tuple[MarginPicks, np.ndarray, list[str]]:
+    """Margin x diversity picks from a linear probe fitted on labeled features (n, d) with ``labels``; returns the
+    picks, the probe's pool probabilities (m, c) and its classes. The embedding is the probe's normalized space."""
+    import torch
+
+    from .strategies import create_strategy
+
+    probe = create_strategy("linear", seed=seed).fit_features(torch.as_tensor(labeled_features), list(labels))
+    pool_features = torch.as_tensor(pool_features).float()
+    with torch.no_grad():
+        pool_embedding = _unit(_as_numpy(probe.head_.normalizer(pool_features)))
+        labeled_embedding = _unit(_as_numpy(probe.head_.normalizer(torch.as_tensor(labeled_features).float())))
+    proba = _as_numpy(probe.predict_proba(pool_features))
+    counts = np.array([list(labels).count(name) for name in probe.classes_])
+    picks = margin_diversity_picks(proba, pool_embedding, labeled_embedding, counts, budget)
+    return picks, proba, list(probe.classes_)
+
+
+def _margin_pick(image, classes: list[str], proba: np.ndarray, picks: MarginPicks, i: int) -> Pick:
+    first, second = (np.argsort(-proba)[:2].tolist() + [0])[:2] if len(classes) > 1 else (0, 0)
+    reason = (f"the model hesitates between {classes[first]} ({proba[first]:.0%}) and {classes[second]} "
+              f"({proba[second]:.0%}); distance to the nearest labeled or picked image {picks.distance[i]:.2f}")
+    return Pick(image.id, image.source_name, image.sha256, "margin", reason, float(picks.score[i]),
+                classes[int(picks.predicted[i])])
 
 
 def _as_numpy(values) -> np.ndarray:

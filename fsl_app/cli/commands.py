@@ -126,6 +126,7 @@ def cmd_train(args) -> int:
     from ..dataset import training_warnings
     from ..evaluation import metrics_warnings
     from ..intervals import format_accuracy
+    from ..learning_curve import forecast_images
     from ..runs import new_run_name, train_run
 
     images = _resolve_images(args.data, args.home)
@@ -145,7 +146,8 @@ def cmd_train(args) -> int:
     result = train_run(images, strategy, backbone, out, protocol=args.protocol, seed=args.seed, on_step=on_step,
                        on_progress=bar.update, pool=pool)
     bar.close()
-    metrics = {**result.metrics, "run_dir": str(result.run_dir)}
+    forecast = forecast_images(images, strategy, backbone, seed=args.seed)  # a few seconds on cached features
+    metrics = {**result.metrics, "run_dir": str(result.run_dir), "forecast": forecast.to_dict()}
     if args.json:
         print(json.dumps(metrics, ensure_ascii=False))
     else:
@@ -154,6 +156,7 @@ def cmd_train(args) -> int:
               f"{metrics['n_images']} images{pool_text(metrics)}, {metrics['train_seconds']:.1f} s")
         for warning in metrics_warnings(metrics):
             print(f"warning: {warning}", file=sys.stderr)
+        print(f"forecast: {forecast.message}")
         print(f"run saved to {result.run_dir}")
     return 0
 

@@ -20,6 +20,7 @@ from ..dataset import DataError
 from ..images import ImageError, is_image_name
 from ..store.errors import StoreError
 from .check_labels import add_check_labels_action
+from .label_first import add_first_arguments, check_first_arguments, cmd_first
 from ..store.importing import ImportReport, import_paths
 from ..store.suggest import suggest_for_project
 from ..store.workspace import (create_project, delete_project, list_projects, open_project, rename_project,
@@ -39,9 +40,10 @@ def add_store_commands(subparsers) -> None:
     suggest = subparsers.add_parser("suggest", parents=[common],
                                     help="rank a project's unlabeled images by model uncertainty")
     suggest.add_argument("project", help="project name")
-    suggest.add_argument("--run", required=True, help="run folder of a trained strategy")
+    suggest.add_argument("--run", default=None, help="run folder of a trained strategy (required without --first)")
     suggest.add_argument("--top", type=int, default=20, help="how many suggestions to show (default 20)")
     suggest.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_first_arguments(suggest)
     suggest.set_defaults(**_handler(_suggest))
 
 
@@ -245,6 +247,11 @@ def _fsck(args) -> int:
 
 
 def _suggest(args) -> int:
+    problem = check_first_arguments(args)
+    if problem:
+        raise StoreError(problem)
+    if args.first:
+        return cmd_first(args)
     strategy = _load_strategy(Path(args.run))
     with open_project(args.project, args.home) as project:
         suggestions = suggest_for_project(project, strategy, top=args.top)

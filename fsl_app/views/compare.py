@@ -7,7 +7,7 @@ from fsl_app.comparison import PROTOCOL_NAMES
 from fsl_app.evaluation import PROTOCOL_LABELS
 from fsl_app.runs import read_run
 from fsl_app.strategies import list_strategies
-from fsl_app.views import _charts, _compare_panel, _nav, _shared, _shift_panel
+from fsl_app.views import _charts, _compare_panel, _forecast_panel, _nav, _shared, _shift_panel
 
 MAX_SIDE_BY_SIDE = 3
 MISTAKES_SHOWN = 24
@@ -151,6 +151,7 @@ _compare_panel.comparison_section(runs, names)
 if any((run["metrics"] or {}).get("pool_size") for run in runs):  # runs that learned from the pool: is it shifted?
     _shift_panel.shift_section(project)
 evaluate_all(project, runs)
+_forecast_panel.forecast_section(runs)
 by_name = {run["name"]: run for run in runs}
 chosen = st.multiselect("Runs to compare", list(by_name), default=list(by_name)[:2],
                         format_func=lambda name: run_tables.run_label(by_name[name]), key="compare-runs")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from fsl_app.store import StoreError
-from fsl_app.views import _data_edit, _data_suggestions, _label_review, _shared, _shift_panel
+from fsl_app.views import _data_edit, _data_suggestions, _label_first_panel, _label_review, _shared, _shift_panel
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp", "zip"]
 
@@ -88,6 +88,7 @@ add_images_section(project)
 _data_edit.browse_section(project)
 _data_edit.class_tools(project)
 _label_review.review_labels_section(project)
+_label_first_panel.label_first_section(project)
 _data_suggestions.suggestions_section(project)
 _shift_panel.shift_section(project)
 _data_suggestions.duplicates_section(project)
