@@ -38,14 +38,9 @@ def assign(project, pick: label_first.Pick) -> None:
 def pick_card(project, pick: label_first.Pick, classes: list[str]) -> None:
     st.image(str(project.thumbnail_path(pick.image_id)), width="stretch")
     st.caption(f"{pick.file_name[:22]} · {pick.reason}")
-    options = classes or [pick.suggested_label or ""]
-    index = options.index(pick.suggested_label) if pick.suggested_label in options else None
-    if classes:
-        st.selectbox("Class", options, index=index, key=f"first-label-{pick.image_id}", label_visibility="collapsed",
-                     placeholder="Class…")
-    else:
-        st.text_input("Class", key=f"first-label-{pick.image_id}", placeholder="New class name",
-                      label_visibility="collapsed")
+    index = classes.index(pick.suggested_label) if pick.suggested_label in classes else None
+    st.selectbox("Class", classes, index=index, key=f"first-label-{pick.image_id}", accept_new_options=True,
+                 placeholder="Class (or type a new one)", label_visibility="collapsed")
     st.button("Label", key=f"first-assign-{pick.image_id}", on_click=assign, args=(project, pick),
               icon=":material/label:")
 
