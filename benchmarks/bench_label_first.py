@@ -1,8 +1,8 @@
 """Issue 15.2: does "what to label first" beat labeling images at random? Digits and scikit-image patches.
 
 For each data set and seed: a random 60 % of the images is the unlabeled pool (at most 1000), the rest is the test
-set. Starting from nothing labeled, a person labels B images per round, B = 1, then 1, then 3 images per class
-(1, 2 and 5 per class in total), chosen by one of three paths:
+set. Starting from nothing labeled, a person labels B images per round, B = 1, then 1, 3 and 5 images per class
+(1, 2, 5 and 10 per class in total), chosen by one of three paths:
 
 - **random**: images drawn at random from the pool (the oracle does not know their classes, so classes can be
   missed);
@@ -37,7 +37,7 @@ from fsl_app.label_first import probe_margin_picks, typical_picks
 from fsl_app.strategies import create_strategy
 
 POOL_FRACTION, MAX_POOL = 0.6, 1000
-PER_CLASS_AFTER = (1, 2, 5)  # labeled images per class (on average) after each round
+PER_CLASS_AFTER = (1, 2, 5, 10)  # labeled images per class (on average) after each round
 STRATEGIES = ("linear", "protonet")
 RANDOM, TYPICAL, TYPICAL_MARGIN = "random", "typical", "typical, then margin"
 PATHS = (RANDOM, TYPICAL, TYPICAL_MARGIN)

@@ -86,7 +86,8 @@ def test_problems_name_what_is_missing():
     assert label_first.first_problem(5, {"a": 4}, "auto") is None  # auto falls back to typical images
     assert label_first.first_problem(5, {}, "margin", has_run=True) is None
     assert label_first.choose_method("auto", {"a": 4}) == "typical"
-    assert label_first.choose_method("auto", {"a": 1, "b": 1}) == "margin"
+    assert label_first.choose_method("auto", {"a": 5, "b": 5}) == "typical"  # typical picks measured better here
+    assert label_first.choose_method("auto", {"a": 10, "b": 12}) == "margin"
 
 
 # --- on a project ---------------------------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def test_suggest_first_without_labels_gives_typical_pool_images():
 def test_suggest_first_with_labels_uses_a_probe_and_guesses_a_class():
     name = digit_project({"zero": 2, "one": 2})
     with open_project(name) as project:
-        result = label_first.suggest_first(project, budget=20)  # more than the pool: all of it, in order
+        result = label_first.suggest_first(project, budget=20, method="margin")  # more than the pool: all of it
         subsampled = label_first.suggest_first(project, budget=2, max_pool=4, method="typical")
     assert result.method == "margin" and "linear probe on the 4 labeled images" in result.model
     assert len(result.picks) == 9

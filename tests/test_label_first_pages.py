@@ -74,7 +74,6 @@ def test_typical_picks_are_labeled_in_place_logged_and_undone():
     name = project_with({"zero": 1, "one": 1})
     project = open_project(name)
     at = open_page("views/data.py", name)
-    at.selectbox(key="first-method").set_value("typical").run()
     at.number_input(key="first-budget").set_value(3).run()
     at.button(key="first-pick").click().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -95,6 +94,9 @@ def test_with_a_run_the_picks_come_from_its_model():
     name = project_with({"zero": 2, "one": 2, "seven": 2})
     train(name)
     at = open_page("views/data.py", name)
+    at.button(key="first-pick").click().run()  # auto: typical picks with 2 per class
+    assert any("by **typical** (no model needed)" in caption.value for caption in at.caption)
+    at.selectbox(key="first-method").set_value("margin").run()
     at.button(key="first-pick").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("by **margin** from the run" in caption.value for caption in at.caption)

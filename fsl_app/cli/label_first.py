@@ -23,7 +23,8 @@ def add_first_arguments(suggest: argparse.ArgumentParser) -> None:
     first.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
                        help="with --first: how many images to suggest (default %(default)s)")
     first.add_argument("--method", choices=METHODS, default="auto",
-                       help="with --first: auto (typical until 2 classes are labeled, then margin), typical, margin")
+                       help="with --first: auto (typical up to 10 labeled per class, then margin), typical, margin "
+                            "(the model's least sure images, spread out, class-balanced; uses --run if given)")
     first.add_argument("--backbone", default=None,
                        help="with --first: backbone for the features (default: the run's, else the latest run's, "
                             "else the default backbone)")

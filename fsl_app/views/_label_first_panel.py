@@ -73,16 +73,16 @@ def label_first_section(project) -> None:
     if problem:
         st.info(problem, icon=":material/info:")
         return
-    st.caption("Typical and diverse images while there is no model (TypiClust: one per cluster of the features); "
-               "once two classes have labels, the images the model is least sure about, spread out and balanced "
-               "over classes.")
+    st.caption("Typical and diverse images (TypiClust: the most typical image of each cluster of the features) "
+               "up to 10 labeled per class, where they measured better than the model's least sure images; after "
+               "that, the images the model is least sure about, spread out and balanced over classes.")
     left, middle, right = st.columns([1, 2, 2])
     budget = left.number_input("How many", 1, 48, min(n_pool, max(5, len(counts)), 48), key="first-budget")
     method = middle.selectbox("Pick", label_first.METHODS, format_func=label_first.METHOD_LABELS.get,
                               key="first-method")
     runs = run_tables.project_runs(project.path)
     run_dir = None
-    if runs and method != "typical":
+    if runs and method == "margin":
         with right:
             names = [NO_RUN] + [run["name"] for run in runs]
             by_name = {run["name"]: run for run in runs}
