@@ -35,7 +35,8 @@ def test_shot_levels_keep_the_small_shots_and_the_largest():
     assert many[:3] == [1, 2, 3] and many[-1] == 39 and len(many) <= learning_curve.MAX_LEVELS + 3
 
 
-@pytest.mark.parametrize("counts, found", [({"a": 9}, "found 1 class,"), ({"a": 1, "b": 1}, "the smallest with 1 image)"),
+@pytest.mark.parametrize("counts, found", [({"a": 9}, "found 1 class,"),
+                                           ({"a": 1, "b": 1}, "the smallest with 1 image)"),
                                            ({"a": 3, "b": 8}, "the smallest with 3 images")])
 def test_too_little_data_says_what_is_needed(counts, found):
     message = learning_curve.forecast_problem(counts)

@@ -4,7 +4,7 @@ subsampled shots and extrapolated, with "with N more per class: about X % (range
 import plotly.graph_objects as go
 import streamlit as st
 
-from fsl_app import learning_curve, run_tables, training_job
+from fsl_app import learning_curve, training_job
 from fsl_app.views import _shared
 
 ASKED_KEY = "forecast-asked"
