@@ -17,9 +17,9 @@ METHODS = ("auto", "typical", "margin")
 def add_first_arguments(suggest: argparse.ArgumentParser) -> None:
     first = suggest.add_argument_group("what to label first (--first)")
     first.add_argument("--first", action="store_true",
-                       help="suggest which unlabeled images to label first: typical and diverse ones without a "
-                            "model (TypiClust), where the model is least sure once there is one (with --run, or a "
-                            "linear probe on the labeled images)")
+                       help="suggest which unlabeled images to label first (no run needed): typical and diverse "
+                            "ones (TypiClust) up to 10 labeled per class, then where a model (--run, or a linear "
+                            "probe on the labeled images) is least sure")
     first.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
                        help="with --first: how many images to suggest (default %(default)s)")
     first.add_argument("--method", choices=METHODS, default="auto",
