@@ -19,7 +19,8 @@ itself):
 A transform is flagged *harmful* when it both moves copies systematically (margin drop at least
 :data:`MARGIN_DROP_WARNING`) and changes the nearest class of at least :data:`FLIP_RATE_WARNING` of them. Flips
 alone are not enough: where classes overlap in the embedding, any small change (even brightness) flips the images
-near a border, both ways. The last row is the whole pipeline at its own probabilities, as fine-tuning sees it.
+near a border, both ways. The last row is the whole pipeline at its own probabilities, as fine-tuning sees it (two harmless flips together
+are a rotation by 180 degrees).
 
 The cost is bounded: at most :data:`MAX_IMAGES_PER_CLASS` images per class and :data:`MAX_IMAGES` in all (a seeded
 sample), copies per image chosen so that about :data:`COPY_BUDGET` augmented images are embedded, images shrunk to
@@ -30,14 +31,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import albumentations as A
 import numpy as np
 from PIL import Image
 
+from .atomic import write_json_atomic
 from .augment import build_augment, load_project_augment, seed_pipeline
 from .backbones import Backbone
 from .dataset import ImageSet
@@ -55,7 +59,9 @@ MAX_COPIES_PER_IMAGE = 4
 WORK_SIDE = 256  # the backbone sees 224 px: augmenting a 4000 px photo would only cost time
 MARGIN_DROP_WARNING = 0.5
 FLIP_RATE_WARNING = 0.10
+WEAK_EMBEDDING_ERROR = 0.30  # unaugmented images nearer another class's prototype, from which the check is blunt
 WHOLE_PIPELINE = "whole pipeline"
+CHECK_FILE = "augment_check.json"  # in the project folder, beside augment.json
 
 Embed = Callable[[Sequence[Image.Image]], np.ndarray]
 
@@ -95,8 +101,13 @@ class AugmentCheck:
         return bool(self.rows)
 
     @property
+    def weak_embedding(self) -> bool:
+        """The backbone barely separates these classes: a harmful transform can go unnoticed."""
+        return self.applicable and self.baseline_error >= WEAK_EMBEDDING_ERROR
+
+    @property
     def harmful(self) -> list[TransformCheck]:
-        return [row for row in self.rows if row.harmful and row.name != WHOLE_PIPELINE]
+        return [row for row in self.rows if row.harmful]
 
     def warning(self) -> str | None:
         """One sentence for the Augment and Train pages, or None when no transform is flagged."""
@@ -109,7 +120,30 @@ class AugmentCheck:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["applicable"], data["harmful"] = self.applicable, [row.name for row in self.harmful]
+        data["weak_embedding"] = self.weak_embedding
         return data
+
+
+def pipeline_digest(pipeline: dict | str | None) -> str:
+    return hashlib.sha256(json.dumps(pipeline, sort_keys=True).encode()).hexdigest()
+
+
+def save_check(project_dir: str | Path, pipeline: dict | str | None, check: AugmentCheck) -> None:
+    """Remember the outcome for this pipeline in the project folder (the Train page reads it back)."""
+    if check.applicable:
+        write_json_atomic(Path(project_dir) / CHECK_FILE, {"pipeline": pipeline_digest(pipeline),
+                                                           "warning": check.warning()})
+
+
+def saved_warning(project_dir: str | Path, pipeline: dict | str | None) -> str | None:
+    """The warning saved by the last check of this very pipeline, else None (never checked, changed since)."""
+    try:
+        saved = json.loads((Path(project_dir) / CHECK_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("pipeline") != pipeline_digest(pipeline):
+        return None
+    return saved.get("warning") or None
 
 
 def check_problem(class_counts: Mapping[str, int]) -> str | None:
@@ -197,8 +231,9 @@ def measure(images: ImageSet, pipeline: dict | str | None, embed: Embed, *, seed
     for index, (name, probability, alone) in enumerate(transforms):
         augmented, owners = augmented_copies(alone, sources, copies, seed=seed + index)
         rows.append(space.row(name, probability, embed(augmented), owners, baseline_error))
-    verdict = "; ".join(f"{row.name} looks harmful" for row in rows if row.harmful and row.name != WHOLE_PIPELINE)
-    return AugmentCheck(message=verdict or "No transform moves images into another class.", n_images=len(labels),
+    harmful = [row.name for row in rows if row.harmful]
+    message = f"harmful: {', '.join(harmful)}" if harmful else "no transform moves copies into another class"
+    return AugmentCheck(message=message, n_images=len(labels),
                         n_classes=int(labels.max()) + 1, baseline_error=baseline_error, rows=rows)
 
 
@@ -281,12 +316,12 @@ class PrototypeSpace:
         flip_rate = flips / len(owners)
         harmful = margin_drop >= MARGIN_DROP_WARNING and flip_rate >= FLIP_RATE_WARNING
         return TransformCheck(name, probability, len(owners), shift, margin_drop, flip_rate, flip_low, error,
-                              harmful, verdict(harmful, margin_drop, flip_low))
+                              harmful, verdict(harmful, margin_drop))
 
 
-def verdict(harmful: bool, margin_drop: float, flip_low: float) -> str:
+def verdict(harmful: bool, margin_drop: float) -> str:
     if harmful:
         return "harmful: copies move into other classes"
-    if margin_drop >= MARGIN_DROP_WARNING / 2 or flip_low >= FLIP_RATE_WARNING:
+    if margin_drop >= MARGIN_DROP_WARNING / 2:
         return "watch: moves copies toward other classes"
     return "keeps the class"
