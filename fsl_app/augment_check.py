@@ -19,8 +19,9 @@ itself):
 A transform is flagged *harmful* when it both moves copies systematically (margin drop at least
 :data:`MARGIN_DROP_WARNING`) and changes the nearest class of at least :data:`FLIP_RATE_WARNING` of them. Flips
 alone are not enough: where classes overlap in the embedding, any small change (even brightness) flips the images
-near a border, both ways. The last row is the whole pipeline at its own probabilities, as fine-tuning sees it (two harmless flips together
-are a rotation by 180 degrees).
+near a border, both ways. The last row is the whole pipeline at its own probabilities, as fine-tuning sees it
+(two flips together are a rotation by 180 degrees). Where the backbone barely separates the classes
+(:attr:`AugmentCheck.weak_embedding`), margins are noise and a harmful transform can go unflagged.
 
 The cost is bounded: at most :data:`MAX_IMAGES_PER_CLASS` images per class and :data:`MAX_IMAGES` in all (a seeded
 sample), copies per image chosen so that about :data:`COPY_BUDGET` augmented images are embedded, images shrunk to
@@ -61,6 +62,7 @@ MARGIN_DROP_WARNING = 0.5
 FLIP_RATE_WARNING = 0.10
 WEAK_EMBEDDING_ERROR = 0.30  # unaugmented images nearer another class's prototype, from which the check is blunt
 WHOLE_PIPELINE = "whole pipeline"
+NO_TRANSFORM = "The pipeline has no transform, so there is nothing to check: pick a preset or add transforms."
 CHECK_FILE = "augment_check.json"  # in the project folder, beside augment.json
 
 Embed = Callable[[Sequence[Image.Image]], np.ndarray]
@@ -191,6 +193,8 @@ def check_augment(images: ImageSet, pipeline: dict | str | None, backbone: Backb
     problem = check_problem(counts)
     if problem:
         return AugmentCheck(message=problem)
+    if not build_augment(pipeline).transforms:
+        return AugmentCheck(message=NO_TRANSFORM)
     images = images.subset([i for i, label in enumerate(images.labels) if counts[label] >= MIN_IMAGES_PER_CLASS])
     images = sample_images(images, seed)
     extractor = get_extractor(backbone)

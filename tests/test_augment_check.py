@@ -122,6 +122,11 @@ def test_one_image_per_class_returns_the_message_without_loading_anything(tmp_pa
     assert not check.applicable and "needs at least 2 classes" in check.message
 
 
+def test_a_pipeline_without_transforms_says_so(tmp_path):
+    check = augment_check.check_augment(half_bright_images(tmp_path), "none", backbone=None)
+    assert not check.applicable and check.message == augment_check.NO_TRANSFORM
+
+
 def test_the_saved_warning_belongs_to_one_pipeline(tmp_path):
     harmful = TransformCheck("VerticalFlip", 0.5, 16, 1.1, 0.9, 0.4, 0.2, 0.5, True, "harmful")
     check = AugmentCheck(message="", rows=[harmful])
