@@ -3,8 +3,8 @@
 (a) The check (``fsl_app.augment_check.check_augment``, the product's rule and caps, default backbone
 tf_efficientnet_lite0) on three labeled sets, each drawn anew per seed: hand-written 6s and 9s (8 per class: the case
 where turning an image upside down changes its class), all ten digits (4 per class) and the scikit-image patches
-(3 per class of 16). Per transform (each applied alone, p=1): mean shift, margin drop and class-flip rate over the
-seeds, and in how many seeds the warning fired.
+(3 per class of 16). Per transform (each applied alone, p=1): mean shift, margin drop, approach toward
+another class and class-flip rate over the seeds, and in how many seeds the warning fired.
 
 (b) Is the warning backed by accuracy? Seeded few-shot episodes (6 vs 9 5-shot; ten-digit and patches 5-way
 5-shot; 15 queries per class): the product's linear probe (``create_strategy("linear")``, CL2N logistic
@@ -74,8 +74,9 @@ def check_rows(images: ImageSet, backbone, seeds: int) -> dict[str, list]:
 
 def check_table(name: str, rows: dict[str, list]) -> str:
     table = _report.table(
-        ["transform", "shift", "margin drop", "class flips", "warning fired"],
+        ["transform", "shift", "margin drop", "toward another class", "class flips", "warning fired"],
         [[transform, f"{np.mean([r.shift for r in found]):.2f}", f"{np.mean([r.margin_drop for r in found]):.2f}",
+          f"{np.mean([r.approach for r in found]):.2f}",
           f"{np.mean([r.flip_rate for r in found]):.0%}", f"{sum(r.harmful for r in found)}/{len(found)}"]
          for transform, found in rows.items() if not transform.startswith("_")])
     return (f"### (a) {name}\n\nUnaugmented images nearer another class's prototype: "
@@ -158,8 +159,8 @@ def main() -> None:
             change = 100 * np.subtract(found["rotate 180"], found["none"])
             goals.append(["training with rotate 180 (flagged) lowers 6-vs-9 accuracy (linear probe + copies)",
                           paired(list(change / 100)) + " pts", "met" if change.mean() < 0 else "missed"])
-    write_intro = ("The warning's rule: margin drop >= "
-                   f"{augment_check.MARGIN_DROP_WARNING:g} and class flips >= {augment_check.FLIP_RATE_WARNING:.0%}"
+    write_intro = (f"The warning's rule: margin drop >= {augment_check.MARGIN_DROP_WARNING:g}, toward another class "
+                   f">= {augment_check.APPROACH_WARNING:g} and class flips >= {augment_check.FLIP_RATE_WARNING:.0%}"
                    f"; caps: {augment_check.MAX_IMAGES_PER_CLASS} images per class, {augment_check.MAX_IMAGES} in "
                    f"all, about {augment_check.COPY_BUDGET} copies per check. Backbone: {backbone.name}.")
     _report.write_result("augment_check", "Q15. Augmentation check in embedding space: does the warning flag what "

@@ -10,16 +10,19 @@ itself):
   images average 1 by construction.
 - ``flip rate``: the share of copies whose nearest prototype differs from their original's (a rotated 6 that lands
   on the 9 prototype).
-- ``margin drop``: how much nearer another class the copies are than their originals. An image's margin is its
-  distance to the nearest other prototype minus the distance to its own; the drop is the mean loss of margin over
-  the standard deviation of the unaugmented images' margins, so it is scale-free and counts small moves of images
-  near a class border for little.
+- ``margin drop``: how much class margin the copies lose against their originals (an image's margin: its distance
+  to the nearest other prototype minus the distance to its own), in standard deviations of the unaugmented images'
+  margins, so it is scale-free.
+- ``approach``: the part of that loss that comes from nearing another class: how much nearer the nearest other
+  prototype the copies are than their originals, in the same unit.
 - ``error``: the share of copies nearest to another class's prototype, beside the unaugmented images' error.
 
-A transform is flagged *harmful* when it both moves copies systematically (margin drop at least
-:data:`MARGIN_DROP_WARNING`) and changes the nearest class of at least :data:`FLIP_RATE_WARNING` of them. Flips
-alone are not enough: where classes overlap in the embedding, any small change (even brightness) flips the images
-near a border, both ways. The last row is the whole pipeline at its own probabilities, as fine-tuning sees it
+A transform is flagged *harmful* when its copies lose margin (at least :data:`MARGIN_DROP_WARNING`), largely by
+nearing another class (approach at least :data:`APPROACH_WARNING`), and at least :data:`FLIP_RATE_WARNING` of them
+change their nearest class. Flips alone are not enough: where classes overlap in the embedding, any small change
+(even brightness) flips the images near a border, both ways. Leaving the own class is not enough either: a
+transform the frozen backbone is not invariant to (blur on textures) moves copies away from every class, and
+training with it need not hurt. The last row is the whole pipeline at its own probabilities, as fine-tuning sees it
 (two flips together are a rotation by 180 degrees). Where the backbone barely separates the classes
 (:attr:`AugmentCheck.weak_embedding`), margins are noise and a harmful transform can go unflagged.
 
@@ -59,6 +62,7 @@ COPY_BUDGET = 320  # augmented images embedded per check, about
 MAX_COPIES_PER_IMAGE = 4
 WORK_SIDE = 256  # the backbone sees 224 px: augmenting a 4000 px photo would only cost time
 MARGIN_DROP_WARNING = 0.5
+APPROACH_WARNING = 0.3
 FLIP_RATE_WARNING = 0.10
 WEAK_EMBEDDING_ERROR = 0.30  # unaugmented images nearer another class's prototype, from which the check is blunt
 WHOLE_PIPELINE = "whole pipeline"
@@ -77,6 +81,7 @@ class TransformCheck:
     n_copies: int  # distinct augmented images embedded
     shift: float  # mean distance to the class prototype over the class's spread (unaugmented: 1)
     margin_drop: float  # lost class margin, in standard deviations of the unaugmented images' margins
+    approach: float  # how much nearer another class than their originals, in the same unit
     flip_rate: float  # share of copies whose nearest prototype differs from their original's
     flip_low: float  # 95 % Wilson lower bound of flip_rate
     error: float  # share of copies nearest to another class's prototype
@@ -273,9 +278,10 @@ class PrototypeSpace:
         self.sums = np.stack([self.features[labels == c].sum(axis=0) for c in range(self.classes)])
         own = np.linalg.norm(self.features - self.own_prototypes(np.arange(len(labels))), axis=1)
         self.spread = np.maximum(np.bincount(labels, weights=own, minlength=self.classes) / self.counts, 1e-12)
-        everyone = np.arange(len(labels))
-        self.base_margins = self.margins(self.distances(self.features, everyone), labels)
-        self.margin_spread = max(float(np.std(self.base_margins)), 1e-12)
+        base = self.distances(self.features, np.arange(len(labels)))
+        self.base_other = self.nearest_other(base, labels)
+        self.base_margin = self.base_other - base[np.arange(len(labels)), labels]
+        self.margin_spread = max(float(np.std(self.base_margin)), 1e-12)
 
     def normalize(self, features: np.ndarray) -> np.ndarray:
         centered = features - self.center
@@ -295,12 +301,11 @@ class PrototypeSpace:
         return distances
 
     @staticmethod
-    def margins(distances: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """(m,) distance to the nearest other class's prototype minus the distance to the own one."""
-        own = distances[np.arange(len(labels)), labels]
+    def nearest_other(distances: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """(m,) distance to the nearest prototype of another class than ``labels``."""
         others = distances.copy()
         others[np.arange(len(labels)), labels] = np.inf
-        return others.min(axis=1) - own
+        return others.min(axis=1)
 
     def nearest(self, features: np.ndarray, owners: np.ndarray) -> np.ndarray:
         """(m,) index of the nearest prototype of each normalized feature row."""
@@ -315,17 +320,21 @@ class PrototypeSpace:
         nearest = distances.argmin(axis=1)
         flips = int(np.sum(nearest != self.nearest(self.features[owners], owners)))
         error = float(np.mean(nearest != labels))
-        margin_drop = float(np.mean(self.base_margins[owners] - self.margins(distances, labels)) / self.margin_spread)
+        other = self.nearest_other(distances, labels)
+        own = distances[np.arange(len(owners)), labels]
+        margin_drop = float(np.mean(self.base_margin[owners] - (other - own)) / self.margin_spread)
+        approach = float(np.mean(self.base_other[owners] - other) / self.margin_spread)
         flip_low = wilson_interval(flips, len(owners))[0]
         flip_rate = flips / len(owners)
-        harmful = margin_drop >= MARGIN_DROP_WARNING and flip_rate >= FLIP_RATE_WARNING
-        return TransformCheck(name, probability, len(owners), shift, margin_drop, flip_rate, flip_low, error,
-                              harmful, verdict(harmful, margin_drop))
+        harmful = margin_drop >= MARGIN_DROP_WARNING and approach >= APPROACH_WARNING and \
+            flip_rate >= FLIP_RATE_WARNING
+        return TransformCheck(name, probability, len(owners), shift, margin_drop, approach, flip_rate, flip_low,
+                              error, harmful, verdict(harmful, margin_drop, approach))
 
 
-def verdict(harmful: bool, margin_drop: float) -> str:
+def verdict(harmful: bool, margin_drop: float, approach: float) -> str:
     if harmful:
         return "harmful: copies move into other classes"
-    if margin_drop >= MARGIN_DROP_WARNING / 2:
+    if margin_drop >= MARGIN_DROP_WARNING and approach >= APPROACH_WARNING / 2:
         return "watch: moves copies toward other classes"
     return "keeps the class"

@@ -67,7 +67,7 @@ def test_the_check_shows_a_row_per_transform_and_remembers_the_outcome():
     names = list(table.value["transform"])
     assert names == ["HorizontalFlip", "VerticalFlip", "Affine", "ColorJitter", "GaussianBlur", "GaussNoise",
                      "CoarseDropout", augment_check.WHOLE_PIPELINE]
-    assert set(table.value.columns) >= {"shift", "margin drop", "class flips", "verdict"}
+    assert set(table.value.columns) >= {"shift", "toward another class", "class flips", "verdict"}
     caption = " ".join(texts(at.caption))
     assert "6 labeled images of 2 classes" in caption and "test_efficientnet features (the latest run)" in caption
     assert at.success or at.warning  # a verdict either way
@@ -90,7 +90,7 @@ def test_the_train_page_repeats_the_warning_of_a_checked_harmful_pipeline():
     path = open_project(name).path
     pipeline = augment.save_project_augment(path, "medium", augment.AugmentSettings())
     assert not [w for w in texts(open_page("views/train.py", name).warning) if w.startswith("Augmentation")]
-    flagged = TransformCheck("HorizontalFlip", 0.5, 6, 1.2, 0.8, 0.5, 0.1, 0.5, True, "harmful")
+    flagged = TransformCheck("HorizontalFlip", 0.5, 6, 1.2, 0.8, 0.6, 0.5, 0.1, 0.5, True, "harmful")
     augment_check.save_check(path, pipeline, AugmentCheck(message="", rows=[flagged]))
     [warning] = [w for w in texts(open_page("views/train.py", name).warning) if w.startswith("Augmentation")]
     assert "HorizontalFlip (50% of copies change class)" in warning

@@ -72,17 +72,20 @@ def show_check(check: augment_check.AugmentCheck) -> None:
                 "are nearer another class): this check can miss a harmful transform. Trust the Compare page more.",
                 icon=":material/info:")
     st.dataframe([{"transform": row.name, "p": row.probability, "copies": row.n_copies, "shift": row.shift,
-                   "margin drop": row.margin_drop, "class flips": row.flip_rate, "verdict": row.verdict}
+                   "margin drop": row.margin_drop, "toward another class": row.approach,
+                   "class flips": row.flip_rate, "verdict": row.verdict}
                   for row in check.rows], hide_index=True, key="augcheck-table",
                  column_config={"shift": st.column_config.NumberColumn(format="%.2f"),
                                 "margin drop": st.column_config.NumberColumn(format="%.2f"),
+                                "toward another class": st.column_config.NumberColumn(format="%.2f"),
                                 "class flips": st.column_config.NumberColumn(format="percent")})
     st.caption(f"{check.n_images} labeled images of {check.n_classes} classes, each transform applied alone and "
                f"always (p=1), on {check.backbone} features ({check.backbone_origin}), {check.seconds:.1f} s. "
                "shift: distance to the class prototype over the class's own spread (1 = a typical image); margin "
-               "drop: how much nearer another class the copies are, in standard deviations of your images' "
-               "margins (harmful from "
-               f"{augment_check.MARGIN_DROP_WARNING:g} with at least {augment_check.FLIP_RATE_WARNING:.0%} flips); "
+               "drop: class margin the copies lose, in standard deviations of your images' margins; toward another "
+               "class: the part of it from nearing another class. Harmful: margin drop from "
+               f"{augment_check.MARGIN_DROP_WARNING:g}, toward another class from {augment_check.APPROACH_WARNING:g} "
+               f"and at least {augment_check.FLIP_RATE_WARNING:.0%} flips; "
                f"{check.baseline_error:.0%} of the unaugmented images are already nearer another class.")
 
 
