@@ -194,6 +194,7 @@ def check_augment(images: ImageSet, pipeline: dict | str | None, backbone: Backb
                   copy_budget: int = COPY_BUDGET) -> AugmentCheck:
     """Check every transform of ``pipeline`` on the labeled ``images`` with the frozen ``backbone``."""
     start = time.perf_counter()
+    images = images.labeled()
     counts = {name: images.labels.count(name) for name in set(images.labels)}
     problem = check_problem(counts)
     if problem:
@@ -239,7 +240,7 @@ def measure(images: ImageSet, pipeline: dict | str | None, embed: Embed, *, seed
     rows = []
     for index, (name, probability, alone) in enumerate(transforms):
         augmented, owners = augmented_copies(alone, sources, copies, seed=seed + index)
-        rows.append(space.row(name, probability, embed(augmented), owners, baseline_error))
+        rows.append(space.row(name, probability, embed(augmented), owners))
     harmful = [row.name for row in rows if row.harmful]
     message = f"harmful: {', '.join(harmful)}" if harmful else "no transform moves copies into another class"
     return AugmentCheck(message=message, n_images=len(labels),
@@ -311,8 +312,8 @@ class PrototypeSpace:
         """(m,) index of the nearest prototype of each normalized feature row."""
         return self.distances(features, owners).argmin(axis=1)
 
-    def row(self, name: str, probability: float, raw: np.ndarray, owners: np.ndarray,
-            baseline_error: float) -> TransformCheck:
+    def row(self, name: str, probability: float, raw: np.ndarray, owners: np.ndarray) -> TransformCheck:
+        """The TransformCheck of copies with features ``raw`` (m, d), copy i made from original ``owners[i]``."""
         features = self.normalize(raw)
         distances = self.distances(features, owners)
         labels = self.labels[owners]
@@ -329,12 +330,12 @@ class PrototypeSpace:
         harmful = margin_drop >= MARGIN_DROP_WARNING and approach >= APPROACH_WARNING and \
             flip_rate >= FLIP_RATE_WARNING
         return TransformCheck(name, probability, len(owners), shift, margin_drop, approach, flip_rate, flip_low,
-                              error, harmful, verdict(harmful, margin_drop, approach))
+                              error, harmful, verdict(harmful, margin_drop))
 
 
-def verdict(harmful: bool, margin_drop: float, approach: float) -> str:
+def verdict(harmful: bool, margin_drop: float) -> str:
     if harmful:
         return "harmful: copies move into other classes"
-    if margin_drop >= MARGIN_DROP_WARNING and approach >= APPROACH_WARNING / 2:
-        return "watch: moves copies toward other classes"
+    if margin_drop >= MARGIN_DROP_WARNING:
+        return "watch: copies leave their class, toward no other one"
     return "keeps the class"
