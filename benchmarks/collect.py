@@ -25,6 +25,7 @@ SECTIONS = [  # (file, script that writes it)
     ("results/label_errors.md", "bench_label_errors.py"),
     ("results/label_first.md", "bench_label_first.py"),
     ("results/forecast.md", "bench_forecast.py"),
+    ("results/augment_check.md", "bench_augment_check.py"),
     ("results_import.md", "bench_import.py"),
     ("results_export.md", "bench_export.py"),
 ]

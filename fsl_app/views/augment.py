@@ -5,7 +5,7 @@ from dataclasses import asdict
 import streamlit as st
 
 from fsl_app import augment
-from fsl_app.views import _shared
+from fsl_app.views import _augment_check_panel, _shared
 
 CHOICES = [*augment.PRESETS, augment.CUSTOM]
 SLIDERS = {  # field: (label, min, max, step)
@@ -125,3 +125,4 @@ with left:
         st.json(pipeline, expanded=False)
 with right:
     preview(project, pipeline)
+    _augment_check_panel.check_section(project, pipeline)

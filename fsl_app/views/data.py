@@ -3,7 +3,8 @@
 import streamlit as st
 
 from fsl_app.store import StoreError
-from fsl_app.views import _data_edit, _data_suggestions, _label_first_panel, _label_review, _shared, _shift_panel
+from fsl_app.views import (_camera, _data_edit, _data_suggestions, _label_first_panel, _label_review, _shared,
+                          _shift_panel)
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp", "zip"]
 
@@ -51,6 +52,7 @@ def add_images_section(project) -> None:
     with right, st.form("new-class-form", border=False):  # the name and the click reach the server together
         st.text_input("New class", key="new-class", placeholder="e.g. healthy (Enter adds it)")
         st.form_submit_button("Add class", on_click=add_class, args=(project,), icon=":material/add:")
+    _camera.add_from_camera(project)
 
 
 def add_class(project) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from fsl_app import inspect_run, run_downloads, run_tables
-from fsl_app.views import _charts, _nav, _shared
+from fsl_app.views import _camera, _charts, _nav, _shared
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
 FORMAT_LABELS = {"onnx": "ONNX", "torchscript": "TorchScript", "bundle": "Bundle"}  # the formats offered, in order
@@ -30,6 +30,7 @@ def run_summary(run: dict) -> None:
 def try_image(run: dict) -> None:
     st.subheader("Try a new image")
     upload = st.file_uploader("Drop an image the model has not seen", type=IMAGE_TYPES, key="try-image")
+    upload = upload or _camera.camera_shot("camera-try", "Take a photo to try")
     if upload is None:
         return
     left, right = st.columns([1, 2])

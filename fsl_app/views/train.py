@@ -7,7 +7,7 @@ from fsl_app.dataset import class_count_warnings
 from fsl_app.evaluation import PROTOCOL_LABELS
 from fsl_app.features import describe_device, pick_device
 from fsl_app.strategies import get_strategy_class, list_strategies
-from fsl_app.views import _jobs_panel, _nav, _shared, _strategy_notes
+from fsl_app.views import _augment_check_panel, _jobs_panel, _nav, _shared, _strategy_notes
 
 OTHER_BACKBONE = "other timm model…"
 WEIGHT_LABELS = {"auto": "pretrained (auto)", "random": "random (no pretraining)", "file": "checkpoint file"}
@@ -159,6 +159,7 @@ def training_form(project) -> None:
     strategy_picker(project)
     protocol_picker()
     ready = readiness(project)
+    _augment_check_panel.train_warning(project)
     st.button("Train", type="primary", icon=":material/play_arrow:", disabled=not ready or weights is None,
               on_click=submit, args=(project,), key="train-button")
 
