@@ -168,8 +168,8 @@ def report(results: dict[str, list], rounds: int, before: str | None) -> tuple[s
     own = _report.median([o for _, o in train])
     wall = _report.median([w for w, _ in train])
     onnx_ratio = _report.median([a / b for a, b in zip(results["fsl-app predict model.onnx IMG"], bare)])
-    text = (f"Each row is a fresh process (`python -m fsl_app.cli ...`, or the bare script), {rounds} interleaved rounds, "
-            "seconds of wall time; the last column is the paired ratio to the bare onnxruntime script of the same "
+    text = (f"Each row is a fresh process (`python -m fsl_app.cli ...`, or the bare script), {rounds} interleaved "
+            "rounds, seconds of wall time; the last column is the paired ratio to the bare onnxruntime script of the same "
             "round. Data: 200 digits at 224 px (10 classes), default backbone, feature cache and ONNX engine warm."
             + (f" Rows marked `before:` run the checkout at `{before}` (commit {_commit(before)}) with its own warm "
                "cache." if before else "")
