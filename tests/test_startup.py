@@ -93,3 +93,23 @@ def test_light_predictor_serves_onnx_and_bundles(exported):
     for model in ("onnx", "bundle"):
         predictor = open_predictor(exported[model])
         assert isinstance(predictor, OnnxRuntimePredictor) and predictor.classes == ["digit_0", "digit_1", "digit_2"]
+
+
+def test_a_backbone_loaded_before_is_described_from_its_manifest_and_built_on_first_use(monkeypatch):
+    import torch
+
+    from fsl_app import backbones
+    from fsl_app.backbones import BackboneError, load_backbone
+
+    first = load_backbone(TINY_BACKBONE, "random")
+    again = load_backbone(TINY_BACKBONE, "random")
+    assert not again.model_loaded and again.id == first.id and again.data_config == first.data_config
+    assert again.model(torch.zeros(1, *again.input_size)).shape == (1, again.num_features)
+
+    fingerprint = backbones._weights_fingerprint(TINY_BACKBONE, "random", 0)
+    path = backbones._manifest_path(fingerprint)
+    manifest = json.loads(path.read_text())
+    monkeypatch.setattr(backbones, "_read_manifest", lambda _: {**manifest, "id": "edited"})
+    with pytest.raises(BackboneError, match="changed"):
+        load_backbone(TINY_BACKBONE, "random").model  # noqa: B018
+    assert load_backbone(TINY_BACKBONE, "random", lazy=False).model_loaded
