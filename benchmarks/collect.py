@@ -26,6 +26,8 @@ SECTIONS = [  # (file, script that writes it)
     ("results/label_first.md", "bench_label_first.py"),
     ("results/forecast.md", "bench_forecast.py"),
     ("results/augment_check.md", "bench_augment_check.py"),
+    ("results/startup.md", "bench_startup.py"),
+    ("results/photos.md", "bench_photos.py"),
     ("results_import.md", "bench_import.py"),
     ("results_export.md", "bench_export.py"),
 ]

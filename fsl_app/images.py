@@ -47,8 +47,14 @@ def is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode bytes into an upright RGB PIL image, or raise :class:`ImageError` saying why and what to do."""
+def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: int = MAX_PIXELS,
+                 draft: tuple[int, int] | None = None) -> Image.Image:
+    """Decode bytes into an upright RGB PIL image, or raise :class:`ImageError` saying why and what to do.
+
+    ``draft`` (width, height of the upright image): a JPEG is decoded at the smallest of 1/2, 1/4, 1/8 scale that
+    keeps at least that size (DCT-domain scaling, :func:`decode_draft`); other formats decode at full size. The
+    pixel limit applies to the stored size either way, so the fast path refuses what the exact path refuses.
+    """
     if len(data) == 0:
         raise ImageError(f"{name}: the file is empty. Re-export or re-copy the image.")
     if len(data) > MAX_BYTES:
@@ -58,6 +64,8 @@ def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: int = MAX_PI
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             _check_pixels(image.size, name, max_pixels)
+            if draft is not None:
+                decode_draft(image, draft)
             image.load()
     except ImageError:
         raise
@@ -92,8 +100,26 @@ def _upright(image: Image.Image) -> Image.Image:
     return image.transpose(method) if method is not None else image
 
 
-def load_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    return decode_image(read_image_file(path), str(path), max_pixels=max_pixels)
+def decode_draft(image: Image.Image, size: tuple[int, int]) -> None:
+    """Ask a not yet loaded JPEG to decode at reduced scale, keeping at least ``size`` (upright width, height).
+
+    An EXIF orientation that swaps the axes (5 to 8) swaps the request, since the scale applies to stored pixels.
+    Other formats ignore the request.
+    """
+    if image.format != "JPEG":
+        return
+    width, height = size
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: the image is used as stored (see _upright)
+        orientation = 1
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    image.draft(image.mode, (width, height))
+
+
+def load_image(path: str | Path, *, max_pixels: int = MAX_PIXELS, draft: tuple[int, int] | None = None) -> Image.Image:
+    return decode_image(read_image_file(path), str(path), max_pixels=max_pixels, draft=draft)
 
 
 def read_image_file(path: str | Path, *, max_bytes: int | None = None) -> bytes:

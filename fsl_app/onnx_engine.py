@@ -229,15 +229,24 @@ def _remove_older_revisions(backbone: Backbone, current: Path) -> None:
 
 def _fingerprint(path: Path, tolerance: float) -> dict:
     """What a successful check against torch vouches for: these bytes, run by these library versions."""
-    import onnxruntime
-    import timm
-
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return {"sha256": digest.hexdigest(), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-            "timm": timm.__version__, "tolerance": tolerance}
+    versions = {package: _installed_version(package) for package in ("onnxruntime", "torch", "timm")}  # no import
+    return {"sha256": digest.hexdigest(), **versions, "tolerance": tolerance}
+
+
+def _installed_version(package: str) -> str:
+    """The installed distribution's version (onnxruntime may be installed as onnxruntime-gpu), read without import."""
+    from importlib import metadata
+
+    for distribution in (package, f"{package}-gpu"):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def _read_json(path: Path) -> dict | None:

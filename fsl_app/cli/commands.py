@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="top-k labels for images with a run or exported model")
-    predict.add_argument("model", metavar="MODEL_PATH", help="run folder, .onnx, .pt (TorchScript) or bundle .zip")
+    predict.add_argument("model", metavar="MODEL_PATH",
+                         help="run folder (or its .zip), .onnx, .pt (TorchScript) or bundle .zip")
     predict.add_argument("images", metavar="IMAGE_OR_DIR", nargs="*")
     predict.add_argument("--batch", metavar="DIR", default=None, help="predict every image under DIR")
     predict.add_argument("--top-k", type=int, default=3)
@@ -190,7 +191,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ..export import load_predictor
+    from ..export.loading import open_predictor  # .onnx and bundles: onnxruntime + numpy + pillow, no torch
     from ..images import is_image_name
     from ..store.names import printable
 
@@ -203,7 +204,7 @@ def cmd_predict(args) -> int:
             paths.append(path)
     if not paths:
         raise UserError("no images given. Pass image files or folders after the model path.")
-    predictor = load_predictor(args.model)
+    predictor = open_predictor(args.model)
     results = predictor.predict_paths(paths, top_k=args.top_k, progress=not args.json)
     if args.json:
         print(json.dumps(results, ensure_ascii=False))

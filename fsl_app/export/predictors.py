@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..images import ImageError, load_image
+from ..preprocess import draft_size
 from .bundle_reader import load_bundle
 from .formats import UNKNOWN_LABEL, ModelFileError
 from .metadata import check_export_info, first_line, info_from_onnx_metadata, read_torchscript_info
@@ -54,7 +55,7 @@ class Predictor:
             loaded, good = [], []
             for path in chunk:
                 try:
-                    loaded.append(load_image(path))
+                    loaded.append(load_image(path, draft=draft_size(self.data_config)))  # as training read it
                     good.append(path)
                 except ImageError as error:
                     results.append({"image": str(path), "error": str(error)})
@@ -75,18 +76,30 @@ class Predictor:
 
 
 class RunPredictor(Predictor):
-    """Predictions with the fitted strategy of a run folder (no rejection threshold)."""
+    """Predictions with the fitted strategy of a run folder (no rejection threshold).
+
+    A frozen-feature strategy on untuned weights runs its backbone through the feature extractor's engine (the
+    cached ONNX export on a CPU, which needs no timm) and its head on the features; any other strategy runs its
+    exported module.
+    """
 
     def __init__(self, run_dir: str | Path):
+        from ..features import get_extractor
         from ..runs import load_run
+        from ..strategies import FeatureStrategy
 
         strategy, backbone = load_run(run_dir)
         super().__init__(strategy.classes_, backbone.data_config)
-        self.module = strategy.to_module().eval()
+        self._features = None
+        if isinstance(strategy, FeatureStrategy) and not backbone.source.startswith("tuned"):
+            self._features = get_extractor(backbone).forward_tensors
+            self.module = strategy.head_.eval()
+        else:
+            self.module = strategy.to_module().eval()
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return self.module(batch)
+            return self.module(self._features(batch) if self._features is not None else batch)
 
 
 class OnnxPredictor(Predictor):

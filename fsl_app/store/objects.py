@@ -108,7 +108,7 @@ class ObjectStore:
         """JPEG thumbnail of an object, created on first use and cached under ``thumbs/``."""
         target = self.thumbs_dir / sha256[:2] / f"{sha256}-{size}.jpg"
         if not target.is_file():
-            small = thumbnail(load_image(self.path(sha256, ext)), size)
+            small = thumbnail(load_image(self.path(sha256, ext), draft=(2 * size, 2 * size)), size)
             buffer = io.BytesIO()
             small.save(buffer, format="JPEG", quality=85)
             write_bytes_atomic(target, buffer.getvalue(), durable=False)

@@ -12,6 +12,7 @@ from ..augment import build_augment, seed_pipeline
 from ..backbones import Backbone
 from ..dataset import ImageSet
 from ..features import pick_device
+from ..preprocess import draft_size
 from ._training import AugmentedImages, freeze_batchnorm
 from .base import OnStep, StepLog
 
@@ -29,8 +30,9 @@ def episodic_finetune(backbone: Backbone, support: ImageSet, *, episodes: int, l
     y = support.label_indices()
     pipeline = build_augment("light")
     seed_pipeline(pipeline, seed)
-    dataset = AugmentedImages([support.load(i) for i in range(len(support))], y.tolist(), backbone.data_config,
-                              pipeline)
+    draft = draft_size(backbone.data_config)
+    images = [support.load(i, draft=draft) for i in range(len(support))]
+    dataset = AugmentedImages(images, y.tolist(), backbone.data_config, pipeline)
     model = copy.deepcopy(backbone.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for episode in range(1, episodes + 1):

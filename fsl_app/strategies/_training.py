@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import albumentations as A
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:  # imported where a pipeline is built: it takes seconds
+    import albumentations as A
 
 from ..augment import apply
 from ..features import eval_transform

@@ -19,7 +19,6 @@ import warnings
 
 import numpy as np
 import torch
-from timm.models import group_parameters
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -27,6 +26,7 @@ from ..augment import build_augment, seed_pipeline
 from ..backbones import Backbone
 from ..dataset import ImageSet
 from ..features import eval_transform, extract_features, pick_device
+from ..preprocess import draft_size
 from ._heads import binary_to_two_columns
 from ._registry import register_strategy
 from ._training import (AugmentedImages, freeze_batchnorm, l2sp_penalty, stratified_validation_split,
@@ -98,7 +98,8 @@ class FineTune(Strategy):
         classes = support.classes
         self.backbone_ = backbone
         y = support.label_indices(classes)
-        images = [support.load(i) for i in range(len(support))]
+        draft = draft_size(backbone.data_config)
+        images = [support.load(i, draft=draft) for i in range(len(support))]
         train_idx, val_idx = stratified_validation_split(y, self.val_fraction, self.seed)
         model = self._build_model(backbone, len(classes))
         if self.head_init == "linear_probe":
@@ -134,6 +135,8 @@ class FineTune(Strategy):
             return {name for name, _ in model.named_parameters()}
         if self.mode == "head":
             return set()
+        from timm.models import group_parameters  # timm is imported when fine-tuning runs, not with the registry
+
         groups = group_parameters(model, model.group_matcher(coarse=True))
         head = _classifier_prefix(model)  # the new head is always trained: it is not one of the last N groups
         ordered = [names for key, names in sorted(groups.items()) if not all(n.startswith(head) for n in names)]
@@ -235,7 +238,8 @@ class FineTune(Strategy):
 
     def _preprocess(self, images: ImageSet) -> torch.Tensor:
         transform = eval_transform(self.backbone_.data_config)
-        return torch.stack([transform(images.load(i)) for i in range(len(images))]) if len(images) else \
+        draft = draft_size(self.backbone_.data_config)
+        return torch.stack([transform(images.load(i, draft=draft)) for i in range(len(images))]) if len(images) else \
             torch.zeros(0, *self.backbone_.input_size)
 
     def embed(self, images: ImageSet) -> torch.Tensor:

@@ -3,6 +3,7 @@ images loaded the way fsl_app loads them. Needs numpy and pillow only.
 """
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,26 @@ def prediction(path, probabilities, classes: list, top_k: int, threshold) -> dic
             "probability": top[0]["probability"], "top_k": top}
 
 
-def load_rgb(path) -> Image.Image:
-    """An RGB image as fsl_app sees it: EXIF orientation applied, 16/32-bit mapped to 8 bits, alpha over white."""
+def draft_size(preprocessing: dict) -> tuple:
+    """(width, height) a JPEG keeps when decoded at reduced scale: twice the resize before the crop, as in fsl_app."""
+    _, height, width = preprocessing["input_size"]
+    crop_pct = preprocessing.get("crop_pct") or 0.875
+    side = 2 * max(math.floor(height / crop_pct), math.floor(width / crop_pct))
+    return side, side
+
+
+def load_rgb(path, draft=None) -> Image.Image:
+    """An RGB image as fsl_app sees it: EXIF orientation applied, 16/32-bit mapped to 8 bits, alpha over white.
+
+    ``draft`` (:func:`draft_size`): a JPEG decodes at 1/2, 1/4 or 1/8 scale down to that size, as training did.
+    """
     image = Image.open(path)
+    if draft is not None and image.format == "JPEG":
+        try:
+            swapped = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # the scale applies to the stored pixels
+        except Exception:  # a malformed EXIF block: the stored orientation is kept below too
+            swapped = False
+        image.draft(image.mode, tuple(reversed(draft)) if swapped else tuple(draft))
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # a malformed EXIF block: keep the stored orientation

@@ -14,7 +14,7 @@ from safetensors.torch import load
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # bundle_io.py ships beside this script
-from bundle_io import BundleError, load_rgb, prediction, read_checked, read_config  # noqa: E402
+from bundle_io import BundleError, draft_size, load_rgb, prediction, read_checked, read_config  # noqa: E402
 
 
 def backbone(config, state):
@@ -46,9 +46,11 @@ def main(paths, top_k=3):
     state = load(read_checked(HERE, "model.safetensors"))  # backbone.* (timm model) and head.* (fsl_app head)
     model, transform = backbone(config, state), timm.data.create_transform(**config["preprocessing"])
     classes, threshold, results = config["classes"], config["threshold"], []
+    draft = draft_size(config["preprocessing"])
     for path in paths:
         with torch.inference_mode():
-            proba = torch.softmax(head(model(transform(load_rgb(path))[None]), config["head"], state).float(), 1)[0]
+            outputs = model(transform(load_rgb(path, draft))[None])
+            proba = torch.softmax(head(outputs, config["head"], state).float(), 1)[0]
         results.append(prediction(path, proba.tolist(), classes, top_k, threshold))
     print(json.dumps(results, ensure_ascii=False))
 

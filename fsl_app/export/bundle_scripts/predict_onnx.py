@@ -15,7 +15,7 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # bundle_io.py ships beside this script
-from bundle_io import BundleError, load_rgb, prediction, read_checked  # noqa: E402
+from bundle_io import BundleError, draft_size, load_rgb, prediction, read_checked  # noqa: E402
 
 RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 
@@ -47,8 +47,9 @@ def preprocess(image, meta):
 def main(paths, top_k=3):
     session, meta = open_model(HERE)
     classes, threshold, results = meta["classes"], meta["threshold"], []
+    draft = draft_size(meta)
     for path in paths:
-        logits = session.run(None, {session.get_inputs()[0].name: preprocess(load_rgb(path), meta)[None]})[0][0]
+        logits = session.run(None, {session.get_inputs()[0].name: preprocess(load_rgb(path, draft), meta)[None]})[0][0]
         proba = np.exp(logits - logits.max())
         proba /= proba.sum()
         results.append(prediction(path, proba, classes, top_k, threshold))

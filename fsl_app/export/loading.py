@@ -1,0 +1,180 @@
+"""Open any model path for prediction with the lightest runtime that gives the same answers.
+
+- ``.onnx`` exports and bundles (``.zip`` or unzipped folder) run their ONNX model in ONNX Runtime with numpy and
+  Pillow only: no torch, no timm (:class:`OnnxRuntimePredictor`). The bundle is checked as a whole first (CRC-32,
+  ``config.json``, the sha256 of both model files), like :func:`fsl_app.export.predictors.load_predictor` does.
+- a run folder, or a run folder zipped as the studio downloads it (``<run>/config.json``, ``<run>/model.json``, ...),
+  predicts with :class:`fsl_app.export.predictors.RunPredictor` (frozen-feature runs through the cached ONNX engine).
+- TorchScript and anything this module cannot serve go to :func:`fsl_app.export.predictors.load_predictor`.
+
+Images are decoded with the rule training used (JPEG draft down to twice the resize, :mod:`fsl_app.preprocess`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+import numpy as np
+
+from ..images import ImageError, load_image
+from ..preprocess import draft_size, eval_geometry, normalize_batch
+from .formats import UNKNOWN_LABEL, ModelFileError
+from .metadata import (check_archive_intact, check_bundle_archive, check_checksum, check_export_info, first_line,
+                       info_from_onnx_metadata, read_bundle_bytes, read_bundle_json, recorded_checksums)
+
+MAX_RUN_ZIP_BYTES = 4 * 2**30  # uncompressed size of a run zip this command unpacks
+
+
+class OnnxRuntimePredictor:
+    """Top-k predictions of an fsl_app ONNX model (file or bundle member); numpy, Pillow and onnxruntime only.
+
+    Same results as :class:`fsl_app.export.predictors.Predictor`: ``predict_paths`` gives one dict per image
+    (image, label, probability, top_k, or error); below ``threshold`` the label is ``"unknown"``.
+    """
+
+    def __init__(self, model: bytes | str, source: Path, info: dict | None = None):
+        import onnxruntime as ort
+
+        try:
+            self.session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises several types for a bad file
+            raise ModelFileError(f"{source} cannot be read as an ONNX model ({first_line(error)}). Pass "
+                                 "a .onnx written by `fsl-app export RUN_DIR --format onnx`.") from error
+        if info is None:
+            info = info_from_onnx_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.info = check_export_info(info, source)
+        self.classes = list(self.info["classes"])
+        self.data_config = self.info["preprocessing"]
+        self.threshold = self.info.get("threshold")
+        self.geometry = eval_geometry(self.data_config)
+        self.draft = draft_size(self.data_config)
+        self.input_name = self.session.get_inputs()[0].name
+        self._check_model_answers(source)
+
+    @property
+    def supported(self) -> bool:
+        """False for a crop mode only timm reproduces (then use the torch predictor)."""
+        return self.geometry is not None
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """(n, 3, H, W) float32 -> (n, C)."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    def predict_proba_images(self, images: Sequence) -> np.ndarray:
+        """Probabilities (n, C) of RGB PIL images."""
+        pixels = [np.asarray(self.geometry(image.convert("RGB")), dtype=np.uint8) for image in images]
+        logits = self.logits(normalize_batch(pixels, self.data_config["mean"], self.data_config["std"]))
+        logits = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def predict_paths(self, paths: Sequence[Path], *, top_k: int = 3, progress: bool = False,
+                      batch_size: int = 32) -> list[dict]:
+        results: dict[str, dict] = {}
+        for start in range(0, len(paths), batch_size):
+            loaded, good = [], []
+            for path in paths[start:start + batch_size]:
+                try:
+                    loaded.append(load_image(path, draft=self.draft))
+                    good.append(path)
+                except ImageError as error:
+                    results[str(path)] = {"image": str(path), "error": str(error)}
+            if loaded:
+                for path, row in zip(good, self.predict_proba_images(loaded)):
+                    results[str(path)] = self._describe(str(path), row, top_k)
+        return [results[str(path)] for path in paths]
+
+    def _describe(self, image: str, probabilities: np.ndarray, top_k: int) -> dict:
+        order = np.argsort(-probabilities, kind="stable")[:min(top_k, len(self.classes))]
+        top = [{"label": self.classes[i], "probability": float(probabilities[i])} for i in order]
+        rejected = self.threshold is not None and top[0]["probability"] < self.threshold
+        return {"image": image, "label": UNKNOWN_LABEL if rejected else top[0]["label"],
+                "probability": top[0]["probability"], "top_k": top}
+
+    def _check_model_answers(self, source: Path) -> None:
+        """One blank image of the metadata's input size must give one logit per class the metadata names."""
+        blank = np.zeros((1, *self.data_config["input_size"]), dtype=np.float32)
+        try:
+            logits = self.logits(blank)
+        except Exception as error:  # noqa: BLE001 - the runtime raises many types for a model that does not fit
+            raise ModelFileError(f"{source}: the model does not accept the input size in its metadata "
+                                 f"{blank.shape} ({first_line(error)}). The file was modified; re-export it with "
+                                 "`fsl-app export`.") from error
+        if logits.ndim != 2 or logits.shape[1] != len(self.classes):
+            raise ModelFileError(f"{source}: the model outputs {logits.shape} for one image but its metadata names "
+                                 f"{len(self.classes)} classes. The file was modified; re-export it with `fsl-app "
+                                 "export`.")
+
+
+def open_onnx_bundle(bundle: Path) -> OnnxRuntimePredictor:
+    """The ``model.onnx`` of a bundle .zip or folder, after the checks every bundle loader makes."""
+    if bundle.is_file():
+        check_bundle_archive(bundle)
+    info = check_export_info(read_bundle_json(bundle, "config.json"), bundle)
+    checksums = recorded_checksums(bundle, info)
+    model = read_bundle_bytes(bundle, "model.onnx")
+    check_checksum(bundle, "model.onnx", model, checksums)
+    check_checksum(bundle, "model.safetensors", read_bundle_bytes(bundle, "model.safetensors"), checksums)
+    return OnnxRuntimePredictor(model, bundle, info)
+
+
+def run_zip_folder(path: Path) -> str | None:
+    """The top folder name when ``path`` is a zipped run folder (``<run>/model.json`` and ``<run>/config.json``)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    tops = {PurePosixPath(name).parts[0] for name in names if PurePosixPath(name).parts}
+    if len(tops) != 1:
+        return None
+    top = tops.pop()
+    return top if {f"{top}/model.json", f"{top}/config.json"} <= set(names) else None
+
+
+def unpack_run_zip(path: Path, folder: str, target: Path) -> Path:
+    """Unpack a zipped run (checked: CRC-32, member names inside the run folder, total size) under ``target``."""
+    check_archive_intact(path, "run zip")
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        if sum(member.file_size for member in members) > MAX_RUN_ZIP_BYTES:
+            raise ModelFileError(f"{path} unpacks to more than {MAX_RUN_ZIP_BYTES // 2**30} GiB, which no run "
+                                 "folder needs. Unzip it yourself and pass the folder.")
+        for member in members:
+            parts = PurePosixPath(member.filename).parts
+            if member.filename.startswith("/") or ".." in parts or "\\" in member.filename:
+                raise ModelFileError(f"{path}: member {member.filename!r} points outside the run folder; refused. "
+                                     "Download the run again from the studio.")
+        archive.extractall(target)
+    return target / folder
+
+
+def open_predictor(path: str | Path):
+    """A predictor for a model path (``predict_paths``, ``classes``, ``threshold``): see the module docstring."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist. Pass a run folder or a file written by `fsl-app export`.")
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix == ".zip" and (folder := run_zip_folder(path)) is not None:
+        from .predictors import RunPredictor
+
+        with tempfile.TemporaryDirectory(prefix="fsl-app-run-") as temporary:  # the run loads whole, then goes
+            return RunPredictor(unpack_run_zip(path, folder, Path(temporary)))
+    light = None
+    if path.is_file() and suffix == ".onnx":
+        light = OnnxRuntimePredictor(str(path), path)
+    elif (path.is_file() and suffix == ".zip") or _is_bundle_folder(path):
+        light = open_onnx_bundle(path)
+    if light is not None and light.supported:
+        return light
+    from .predictors import load_predictor
+
+    return load_predictor(path)
+
+
+def _is_bundle_folder(path: Path) -> bool:
+    return path.is_dir() and not (path / "model.json").is_file() and (path / "config.json").is_file() \
+        and (path / "model.safetensors").is_file()
