@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=None, help="run folder to create (default: runs/<time>-<strategy>)")
     train.add_argument("--protocol", default="auto", choices=["auto", "loo", "kfold", "holdout"])
     train.add_argument("--json", action="store_true", help="print the final metrics as JSON, no progress bars")
+    train.add_argument("--forecast", action="store_true",
+                       help="also forecast the accuracy with more images per class (always part of --json)")
     train.add_argument("--no-pool", action="store_true",
                        help="train without DATA_DIR's unlabeled images (pool-aware strategies use them by default)")
     train.set_defaults(handler=cmd_train)
@@ -147,8 +149,11 @@ def cmd_train(args) -> int:
     result = train_run(images, strategy, backbone, out, protocol=args.protocol, seed=args.seed, on_step=on_step,
                        on_progress=bar.update, pool=pool)
     bar.close()
-    forecast = forecast_images(images, strategy, backbone, seed=args.seed)  # a few seconds on cached features
-    metrics = {**result.metrics, "run_dir": str(result.run_dir), "forecast": forecast.to_dict()}
+    metrics = {**result.metrics, "run_dir": str(result.run_dir)}
+    forecast = None
+    if args.json or args.forecast:  # a few seconds on cached features, so only when asked for
+        forecast = forecast_images(images, strategy, backbone, seed=args.seed)
+        metrics["forecast"] = forecast.to_dict()
     if args.json:
         print(json.dumps(metrics, ensure_ascii=False))
     else:
@@ -157,7 +162,8 @@ def cmd_train(args) -> int:
               f"{metrics['n_images']} images{pool_text(metrics)}, {metrics['train_seconds']:.1f} s")
         for warning in metrics_warnings(metrics):
             print(f"warning: {warning}", file=sys.stderr)
-        print(f"forecast: {forecast.message}")
+        if forecast is not None:
+            print(f"forecast: {forecast.message}")
         print(f"run saved to {result.run_dir}")
     return 0
 
