@@ -305,6 +305,11 @@ class PretrainedCheckpoint:
     base_classes: tuple[str, ...]
     created_at: str
 
+    def leakage(self, classes) -> str | None:
+        """:func:`leakage_warning` for a project with ``classes``."""
+        return leakage_warning({"base_classes": self.base_classes, "method": self.method,
+                                "source_project": self.source_project}, classes)
+
     def label(self) -> str:
         shown = ", ".join(self.base_classes[:6]) + (", …" if len(self.base_classes) > 6 else "")
         return (f"{self.path.stem} · {self.method} on {self.source_project} ({len(self.base_classes)} classes: "

@@ -120,12 +120,14 @@ def check_base_classes(images: ImageSet, method: str, settings: PretrainSettings
 # --- the methods ----------------------------------------------------------------------------------------------------
 
 def _trainable(model: nn.Module, last_n: int | None) -> list[nn.Parameter]:
-    """Parameters of the last ``last_n`` layer groups (timm's coarse grouping), or every parameter for None."""
+    """Parameters of the last ``last_n`` layer groups (timm's coarse grouping, the classifier aside), or every
+    parameter for None; the others stop requiring gradients."""
     if last_n is None:
         chosen = {name for name, _ in model.named_parameters()}
     else:
         groups = group_parameters(model, model.group_matcher(coarse=True))
-        ordered = [names for _, names in sorted(groups.items())]
+        head = str(model.default_cfg.get("classifier", "classifier"))  # the temporary head is not a layer group
+        ordered = [names for _, names in sorted(groups.items()) if not all(n.startswith(head) for n in names)]
         chosen = {name for group in ordered[-last_n:] for name in group} if last_n > 0 else set()
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name in chosen)
