@@ -499,8 +499,8 @@ def standings(ranked: Sequence[dict], pairs_from_best: Sequence[PairedDiff], rec
                      float(ranked[0]["metrics"].get("accuracy", 0.0)), *run_interval(ranked[0]), best_status)]
     for run, pair, tied in zip(ranked[1:], pairs_from_best, ties):
         rows.append(Standing(run["name"], run["config"].get("strategy", "?"), float(run["metrics"].get("accuracy", 0.0)),
-                             *run_interval(run), "tied" if tied else "behind", -pair.difference, -pair.ci_high,
-                             -pair.ci_low))
+                             *run_interval(run), "tied" if tied else "behind", 0.0 - pair.difference,
+                             0.0 - pair.ci_high, 0.0 - pair.ci_low))  # 0.0 - x: never a "-0.0" bound
     return rows
 
 
