@@ -100,6 +100,8 @@ def check_base_classes(images: ImageSet, method: str, settings: PretrainSettings
     """Refuse, naming the fix, a base set the method cannot learn from."""
     if method not in METHODS:
         raise ValueError(f"unknown pretraining method {method!r}. Pick one of: {', '.join(sorted(METHODS))}.")
+    if settings.last_n is not None and settings.last_n < 1:
+        raise ValueError(f"last_n must be at least 1 (None trains every layer), got {settings.last_n}.")
     counts = {name: count for name, count in images.labeled().class_counts().items() if count > 0}
     if len(counts) < 2:
         raise DataError(f"pretraining needs at least 2 labeled classes; the base data has {len(counts)}. Use a "
@@ -154,7 +156,8 @@ def train_supervised(model: nn.Module, images: ImageSet, data_config: dict, sett
     for parameter in head:
         parameter.requires_grad_(True)
     lr = settings.lr or METHODS["supervised"].default_lr
-    optimizer = torch.optim.AdamW([{"params": head, "lr": lr}, {"params": body, "lr": lr / 10}], weight_decay=0.01)
+    groups = [{"params": head, "lr": lr}] + ([{"params": body, "lr": lr / 10}] if body else [])
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     loader = DataLoader(_dataset(images, data_config, settings), batch_size=settings.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(settings.seed))
     scheduler = warmup_cosine(optimizer, len(loader), settings.epochs * len(loader))
