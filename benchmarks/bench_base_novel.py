@@ -24,6 +24,7 @@ Run alone: ``.venv/bin/python benchmarks/bench_base_novel.py [--quick] [--episod
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -137,7 +138,8 @@ def dataset_section(dataset: str, results: dict, columns: list[str], seconds: di
             diffs = {c: results[(n_way, k_shot, strategy, c)] - reference for c in columns if c != "imagenet"}
             verdict = "base training helps" if any(d.mean() - ci95(d) > 0 for d in diffs.values()) else (
                 "base training hurts" if all(d.mean() + ci95(d) < 0 for d in diffs.values()) else "no clear winner")
-            measured = "; ".join(f"{c.removeprefix('base: ')} {100 * d.mean():+.1f} ± {100 * ci95(d):.1f}"
+            measured = "; ".join(f"{c.removeprefix('base: ')} {0.0 + round(100 * d.mean(), 1):+.1f} ± "
+                                 f"{100 * ci95(d):.1f}"
                                  for c, d in diffs.items())
             goals.append([f"base-trained beats ImageNet weights, {dataset} {n_way}-way {k_shot}-shot {strategy}",
                           measured + " pts", verdict])
@@ -152,7 +154,9 @@ def run_dataset(dataset: str, root, args) -> tuple[str, list]:
     base_all, new_all = split_folder(root, dataset)
     base = per_class(base_all, BASE_PER_CLASS // (2 if args.quick else 1), seed=0)
     new = per_class(new_all, NOVEL_PER_CLASS, seed=1)
+    print(f"{dataset}: pretraining on {len(base)} base images", file=sys.stderr)
     backbones, seconds = backbones_for(base, args.quick)
+    print(f"{dataset}: features and {args.episodes} episodes per protocol", file=sys.stderr)
     features = {column: FeatureExtractor(backbone, engine="torch", cache=FeatureCache(enabled=False)).extract(new)
                 for column, backbone in backbones.items()}
     results = evaluate(features, new, args.episodes)
