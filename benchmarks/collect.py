@@ -21,6 +21,7 @@ SECTIONS = [  # (file, script that writes it)
     ("results/pool.md", "bench_pool.py"),
     ("results/fewshot_digits.md", "bench_fewshot_digits.py"),
     ("results/shift.md", "bench_shift.py"),
+    ("results/base_novel.md", "bench_base_novel.py"),
     ("results/gpu.md", "bench_gpu.py"),
     ("results/label_errors.md", "bench_label_errors.py"),
     ("results/label_first.md", "bench_label_first.py"),

@@ -6,7 +6,9 @@ Weight sources, tried in this order for ``weights="auto"``:
   usable with no network at all;
 - ``hub-cache``: timm hub weights already in the local Hugging Face cache (no network needed);
 - ``hub``: timm hub weights downloaded now (only when the hub is reachable; checked in about a second);
-- a checkpoint file path (``torch.load(weights_only=True)`` or safetensors);
+- a checkpoint file path (``torch.load(weights_only=True)`` or safetensors); a base-trained checkpoint written by
+  :mod:`fsl_app.pretrain` carries its provenance (architecture, base classes, method) and loads only into its own
+  architecture;
 - ``random``: random initialisation, only when asked for explicitly.
 """
 
@@ -33,7 +35,8 @@ log = logging.getLogger(__name__)
 
 from . import DEFAULT_BACKBONE
 
-__all__ = ["DEFAULT_BACKBONE", "Backbone", "BackboneError", "load_backbone", "list_backbones", "describe_backbone"]
+__all__ = ["DEFAULT_BACKBONE", "Backbone", "BackboneError", "load_backbone", "list_backbones", "describe_backbone",
+           "PretrainedCheckpoint", "pretrained_checkpoints", "leaked_classes"]
 _HUB_HOST = ("huggingface.co", 443)
 
 
@@ -108,10 +111,18 @@ class Backbone:
     def input_size(self) -> tuple[int, int, int]:
         return tuple(self.data_config["input_size"])
 
+    @property
+    def provenance(self) -> dict | None:
+        """Where a base-trained checkpoint came from (see :func:`read_provenance`); None for other weights."""
+        return self.extras.get("pretrained")
+
     def spec(self) -> dict:
         """What a run config stores to load this backbone again."""
-        return {"name": self.name, "weights": self.weights, "source": self.source, "id": self.id,
+        spec = {"name": self.name, "weights": self.weights, "source": self.source, "id": self.id,
                 "num_features": self.num_features, "data_config": _jsonable(self.data_config)}
+        if self.provenance:
+            spec["pretrained"] = {key: self.provenance.get(key) for key in PROVENANCE_SUMMARY}
+        return spec
 
 
 # --- packaged offline weights -------------------------------------------------------------------------------------
@@ -262,6 +273,9 @@ def _read_failure(error: Exception) -> str:
 
 
 def _load_file(name: str, path: Path, num_classes: int) -> tuple[nn.Module, str]:
+    provenance = read_provenance(path)
+    if provenance is not None:
+        check_architecture(provenance, name, path)
     state = read_checkpoint(path)
     model = _timm().create_model(name, pretrained=False, num_classes=num_classes)
     expected = model.state_dict()
@@ -283,6 +297,117 @@ def _classifier_keys(model: nn.Module) -> set[str]:
     classifier = model.default_cfg.get("classifier", "classifier")
     names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
     return {k for k in model.state_dict() if any(k.startswith(n + ".") for n in names)}
+
+
+# --- base-trained checkpoints (fsl_app.pretrain) -------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "fsl_app.backbone/1"
+PROVENANCE_KEY = "fsl_app_backbone"  # safetensors header entry holding the provenance JSON
+PROVENANCE_SUMMARY = ("architecture", "method", "source_project", "base_classes", "n_images", "created_at")
+PRETRAINED_FOLDER = "backbones"  # under the workspace home: checkpoints every project's picker offers
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON sidecar of a checkpoint: same folder and stem, ``.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def read_provenance(path: str | Path) -> dict | None:
+    """The provenance of a base-trained checkpoint (its safetensors header, else its JSON sidecar), or None for a
+    checkpoint made elsewhere. Reads the header only, never the tensors."""
+    path = Path(path)
+    found = None
+    if path.suffix == ".safetensors" and path.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                found = (handle.metadata() or {}).get(PROVENANCE_KEY)
+        except Exception:  # noqa: BLE001 - not a safetensors file: read_checkpoint says so in words
+            found = None
+    if found is None and sidecar_path(path).is_file() and path.is_file():
+        found = sidecar_path(path).read_text(encoding="utf-8")
+    try:
+        provenance = json.loads(found) if found else None
+    except ValueError:
+        return None
+    return provenance if isinstance(provenance, dict) and provenance.get("format") == CHECKPOINT_FORMAT else None
+
+
+def check_architecture(provenance: dict, name: str, path: Path) -> None:
+    """Refuse a base-trained checkpoint made for another architecture, naming both."""
+    made_for = str(provenance.get("architecture"))
+    if made_for.split(".")[0] != name.split(".")[0]:
+        raise BackboneError(f"checkpoint {path} was made for {made_for}, not {name}: pick the backbone {made_for} "
+                            f"(--backbone {made_for}), or a checkpoint made for {name}.")
+
+
+@dataclass(frozen=True)
+class PretrainedCheckpoint:
+    """A base-trained checkpoint in the workspace's backbone folder, as a picker shows it."""
+
+    path: Path
+    architecture: str
+    method: str
+    source_project: str
+    base_classes: tuple[str, ...]
+    created_at: str
+
+    def leakage(self, classes) -> str | None:
+        """:func:`leakage_warning` for a project with ``classes``."""
+        return leakage_warning({"base_classes": self.base_classes, "method": self.method,
+                                "source_project": self.source_project}, classes)
+
+    def label(self) -> str:
+        shown = ", ".join(self.base_classes[:6]) + (", …" if len(self.base_classes) > 6 else "")
+        return (f"{self.path.stem} · {self.method} on {self.source_project} ({len(self.base_classes)} classes: "
+                f"{shown}) · {self.created_at[:10]}")
+
+
+def pretrained_folder(home: str | Path | None = None) -> Path:
+    """Where base-trained checkpoints are offered to every project: ``<workspace home>/backbones``."""
+    from .store.workspace import workspace_home
+
+    return workspace_home(home) / PRETRAINED_FOLDER
+
+
+def pretrained_checkpoints(home: str | Path | None = None, *, architecture: str | None = None
+                           ) -> list[PretrainedCheckpoint]:
+    """Base-trained checkpoints of the workspace (newest first), only those for ``architecture`` if given."""
+    folder = pretrained_folder(home)
+    found = []
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        provenance = None if path.name.startswith(".") else read_provenance(path)
+        if provenance is None:
+            continue
+        item = PretrainedCheckpoint(path, str(provenance.get("architecture")), str(provenance.get("method")),
+                                    str(provenance.get("source_project")),
+                                    tuple(str(c) for c in provenance.get("base_classes") or ()),
+                                    str(provenance.get("created_at", "")))
+        if architecture is None or item.architecture.split(".")[0] == architecture.split(".")[0]:
+            found.append(item)
+    return sorted(found, key=lambda item: item.created_at, reverse=True)
+
+
+def _class_key(name: str) -> str:
+    return " ".join(str(name).split()).casefold()
+
+
+def leaked_classes(base_classes, classes) -> list[str]:
+    """The names of ``classes`` that are also base classes (case and whitespace ignored), in ``classes`` order."""
+    base = {_class_key(name) for name in base_classes or ()}
+    return [name for name in classes if _class_key(name) in base]
+
+
+def leakage_warning(provenance: dict | None, classes) -> str | None:
+    """A sentence naming this project's classes that the backbone checkpoint was trained on, or None."""
+    leaked = leaked_classes((provenance or {}).get("base_classes"), classes)
+    if not leaked:
+        return None
+    return (f"the backbone checkpoint was trained on {len(leaked)} of this project's classes "
+            f"({', '.join(leaked)}; {provenance.get('method')} on {provenance.get('source_project')}): accuracy on "
+            "them measures what the base training memorised, not few-shot learning. Use a checkpoint trained on "
+            "other classes to measure new-class accuracy.")
 
 
 # --- entry point ----------------------------------------------------------------------------------------------------
@@ -339,16 +464,20 @@ def _load_now(name: str, weights: str | os.PathLike, num_classes: int) -> Backbo
                             + (f", e.g. {', '.join(close)}" if close else "") + " (see `timm.list_models()`).")
     weights = str(weights)
     loader = WEIGHT_SOURCES.get(weights)
+    extras = {}
     if loader is not None:
         model, source = loader(name, num_classes)
     else:  # absolute, so a run config that stores ``weights`` still loads from another working directory
         path = Path(weights).expanduser().resolve()
         model, source = _load_file(name, path, num_classes)
         weights = str(path)
+        provenance = read_provenance(path)
+        if provenance is not None:
+            extras["pretrained"] = provenance
     model.eval()
     data_config = _resolve_data_config(model)
     return Backbone(name=name, model=model, data_config=data_config, num_features=model.num_features,
-                    id=f"{name}-{weights_hash(model)[:16]}", source=source, weights=weights)
+                    id=f"{name}-{weights_hash(model)[:16]}", source=source, weights=weights, extras=extras)
 
 
 # --- manifests: what a loaded backbone was, to describe it again without timm ----------------------------------------

@@ -450,13 +450,89 @@ def _group_differences(groups: list[list[dict]]) -> str:
 # --- a whole comparison (what the CLI and the Compare page show) ------------------------------------------------------
 
 @dataclass
+class Standing:
+    """One run of a group against the most accurate one: its accuracy with a 95 % interval (fractions), and whether
+    it is the earned winner, tied with the best (the paired difference is within the noise) or measurably behind."""
+
+    run: str
+    strategy: str
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    status: str  # "winner" | "best" (most accurate, but tied with another) | "tied" | "behind"
+    difference: float = 0.0  # accuracy minus the best's
+    diff_low: float = 0.0
+    diff_high: float = 0.0
+
+    def text(self) -> str:
+        """How the Compare page's table marks this run."""
+        if self.status == "winner":
+            return "winner"
+        if self.status == "best":
+            return "most accurate, tied within the interval"
+        gap = (f"{100 * self.difference:+.1f} pts (paired 95 % interval {100 * self.diff_low:+.1f} to "
+               f"{100 * self.diff_high:+.1f})")
+        return f"tied with the best: {gap}" if self.status == "tied" else f"behind: {gap}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_interval(run: dict) -> tuple[float, float]:
+    """The 95 % interval of a run's accuracy: the one in metrics.json, else Wilson's on its test images."""
+    from .intervals import accuracy_interval
+
+    metrics = run.get("metrics") or {}
+    if metrics.get("ci_low") is not None and metrics.get("ci_high") is not None:
+        return float(metrics["ci_low"]), float(metrics["ci_high"])
+    return accuracy_interval(float(metrics.get("accuracy", float("nan"))), len(run.get("predictions") or []))
+
+
+def standings(ranked: Sequence[dict], pairs_from_best: Sequence[PairedDiff], recommendation: Recommendation
+              ) -> list[Standing]:
+    """One :class:`Standing` per run of ``ranked`` (most accurate first); ``pairs_from_best``: best minus each other."""
+    if not ranked:
+        return []
+    ties = [not pair.measurable or pair.difference <= 0 for pair in pairs_from_best]
+    best_status = "winner" if recommendation.kind == "winner" else ("best" if any(ties) else "winner")
+    rows = [Standing(ranked[0]["name"], ranked[0]["config"].get("strategy", "?"),
+                     float(ranked[0]["metrics"].get("accuracy", 0.0)), *run_interval(ranked[0]), best_status)]
+    for run, pair, tied in zip(ranked[1:], pairs_from_best, ties):
+        rows.append(Standing(run["name"], run["config"].get("strategy", "?"), float(run["metrics"].get("accuracy", 0.0)),
+                             *run_interval(run), "tied" if tied else "behind", 0.0 - pair.difference,
+                             0.0 - pair.ci_high, 0.0 - pair.ci_low))  # 0.0 - x: never a "-0.0" bound
+    return rows
+
+
+def headline(rows: Sequence[Standing]) -> str:
+    """One sentence naming the winner for this project with its 95 % interval, or the runs tied with the best."""
+    if len(rows) < 2:
+        return ""
+    best = rows[0]
+    accuracy = f"{100 * best.accuracy:.1f} % (95 % interval {100 * best.ci_low:.1f}-{100 * best.ci_high:.1f})"
+    if best.status == "winner":
+        return (f"Winner for this project: {best.strategy} ({best.run}), {accuracy}; every other run is measurably "
+                "behind it.")
+    tied = [row for row in rows[1:] if row.status == "tied"]
+    names = ", ".join(f"{row.strategy} ({100 * row.accuracy:.1f} %)" for row in tied)
+    return (f"No single winner: the most accurate, {best.strategy} ({best.run}) at {accuracy}, is tied within the "
+            f"95 % interval with {names}.")
+
+
+@dataclass
 class GroupComparison:
-    """Comparable runs (most accurate first), every pair's paired difference and the group's recommendation."""
+    """Comparable runs (most accurate first), every pair's paired difference, the group's recommendation and each
+    run's standing against the best."""
 
     description: str
     runs: list[dict]
     pairs: list[PairedDiff]
     recommendation: Recommendation
+    standings: list[Standing] = field(default_factory=list)
+
+    @property
+    def headline(self) -> str:
+        return headline(self.standings)
 
     def rows(self) -> list[dict]:
         return [{"run": run["name"], "run_dir": run.get("run_dir"), "strategy": run["config"].get("strategy"),
@@ -466,7 +542,8 @@ class GroupComparison:
 
     def to_dict(self) -> dict:
         return {"description": self.description, "runs": self.rows(), "pairs": [pair.to_dict() for pair in self.pairs],
-                "recommendation": self.recommendation.to_dict()}
+                "recommendation": self.recommendation.to_dict(), "headline": self.headline,
+                "standings": [row.to_dict() for row in self.standings]}
 
 
 @dataclass
@@ -496,7 +573,10 @@ def compare_runs(runs: Sequence[dict], *, seed: int = 0, alpha: float = ALPHA) -
         ranked = rank_runs(group)
         pairs = [paired_difference(a, b, seed=seed, alpha=alpha)
                  for i, a in enumerate(ranked) for b in ranked[i + 1:]]
-        groups.append(GroupComparison(describe_group(ranked), ranked, pairs, recommend(ranked, seed=seed, alpha=alpha)))
+        recommendation = recommend(ranked, seed=seed, alpha=alpha)
+        from_best = pairs[:len(ranked) - 1]  # (best, other) for every other run, in rank order
+        groups.append(GroupComparison(describe_group(ranked), ranked, pairs, recommendation,
+                                      standings(ranked, from_best, recommendation)))
     return Comparison(groups, excluded, _overall_message(groups, len(runs) - len(excluded)))
 
 

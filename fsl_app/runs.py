@@ -32,7 +32,7 @@ except ImportError:  # Windows: abandoned .partial folders are skipped by list_r
 
 from . import __version__
 from .atomic import write_json_atomic
-from .backbones import Backbone, load_backbone
+from .backbones import Backbone, leaked_classes, load_backbone
 from .dataset import ImageSet
 from .evaluation import EvaluationReport, evaluate
 from .features import describe_device, pick_device
@@ -143,7 +143,15 @@ def _run_config(images: ImageSet, strategy: Strategy, backbone: Backbone, protoc
             "class_counts": images.class_counts(), "device": describe_device(device),
             "torch": torch.__version__, "python": platform.python_version(),
             "data": snapshot or {"images": [{"sha256": r.sha256, "label": r.label, "path": str(r.path)}
-                                            for r in images.records]}}
+                                            for r in images.records]},
+            **_leakage(backbone, images.classes)}
+
+
+def _leakage(backbone: Backbone, classes: list[str]) -> dict:
+    """``leaked_classes``: the classes a base-trained backbone checkpoint was trained on too (only for such)."""
+    if not backbone.provenance:
+        return {}
+    return {"leaked_classes": leaked_classes(backbone.provenance.get("base_classes"), classes)}
 
 
 def _predictions(images: ImageSet, report: EvaluationReport) -> list[dict]:

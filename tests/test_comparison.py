@@ -20,6 +20,7 @@ from fsl_app.cli.compare import EXIT_NOTHING_TO_COMPARE, add_compare_command
 from fsl_app.comparison import (comparability_key, compare_runs, estimate_seconds, group_comparable, mcnemar_exact,
                                 paired_bootstrap_interval, paired_difference, plan_comparison, recommend,
                                 shared_protocol)
+from fsl_app.intervals import wilson_interval
 from fsl_app.dataset import ImageSet
 from fsl_app.runs import read_run, train_run
 from fsl_app.strategies import create_strategy
@@ -312,3 +313,31 @@ def test_cli_fails_only_when_nothing_can_be_compared(capsys, real_runs, tmp_path
     assert json.loads(out)["excluded"][0]["reason"].startswith(f"{not_a_run} is not a run folder")
     code, _, err = compare_cli(capsys, real_runs["linear"])
     assert code == EXIT_NOTHING_TO_COMPARE and "Traceback" not in err
+
+
+def test_the_winner_is_named_with_its_95_interval_and_the_others_marked_behind(tmp_path):
+    runs = [write_run(tmp_path, "ft", [True] * 40, strategy="finetune", train_seconds=90.0),
+            write_run(tmp_path, "lin", pattern(40, 20), strategy="linear", train_seconds=2.0),
+            write_run(tmp_path, "pn", pattern(40, 22, start=5), strategy="protonet", train_seconds=1.0)]
+    group = compare_runs(runs).groups[0]
+    low, high = wilson_interval(40, 40)
+    assert group.headline == (f"Winner for this project: finetune (ft), 100.0 % (95 % interval {100 * low:.1f}-"
+                              f"{100 * high:.1f}); every other run is measurably behind it.")
+    assert [(row.strategy, row.status) for row in group.standings] == [
+        ("finetune", "winner"), ("protonet", "behind"), ("linear", "behind")]
+    assert group.standings[2].text().startswith("behind: -50.0 pts (paired 95 % interval -")
+    assert group.to_dict()["standings"][0]["status"] == "winner"
+
+
+def test_runs_within_the_noise_of_the_best_are_marked_tied_and_no_winner_is_named(tmp_path):
+    runs = [write_run(tmp_path, "ft", pattern(30, 27), strategy="finetune", train_seconds=90.0),
+            write_run(tmp_path, "lin", pattern(30, 26, start=1), strategy="linear", train_seconds=3.0),
+            write_run(tmp_path, "pn", pattern(30, 15), strategy="protonet", train_seconds=1.0)]
+    group = compare_runs(runs).groups[0]
+    assert [row.status for row in group.standings] == ["best", "tied", "behind"]
+    assert group.headline.startswith("No single winner: the most accurate, finetune (ft) at 90.0 % (95 % interval ")
+    assert group.headline.endswith("is tied within the 95 % interval with linear (86.7 %).")
+    tied = group.standings[1]
+    assert tied.diff_low < 0 <= tied.diff_high and tied.text().startswith("tied with the best: -3.3 pts (paired 95 % "
+                                                                         "interval -10.0 to +0.0)")
+    assert compare_runs(runs[:1]).groups[0].headline == ""  # one run: nothing to name

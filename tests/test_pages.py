@@ -263,6 +263,29 @@ def test_train_page_cancels_a_running_fine_tuning():
     assert run_tables.project_runs(open_project(name).path) == []
 
 
+def test_train_page_offers_a_base_trained_checkpoint_and_warns_about_shared_classes():
+    from fsl_app.backbones import load_backbone, pretrained_folder
+    from fsl_app.pretrain import save_checkpoint
+
+    name = new_project("base", per_class=3, unlabeled=0)
+    tiny = load_backbone("test_efficientnet", "random")
+    provenance = {"format": "fsl_app.backbone/1", "architecture": "test_efficientnet", "method": "supervised",
+                  "base_classes": [" Zero", "two"], "source_project": "digits base", "n_images": 40,
+                  "created_at": "2026-11-30T08:00:00+00:00"}
+    path = str(save_checkpoint(tiny.model, pretrained_folder() / f"page-{uuid.uuid4().hex[:6]}", provenance))
+    at = open_page("views/train.py", name)
+    at.radio(key="train-weights").set_value("base").run()
+    picker = at.selectbox(key="train-weights-base")
+    assert any(option.startswith(f"{Path(path).stem} · supervised on digits base (2 classes:  Zero, two)")
+               for option in picker.options)
+    picker.set_value(path).run()
+    assert any("trained on 1 of this project's classes (zero;" in warning.value for warning in at.warning)
+    at.button(key="train-button").click().run()
+    run_until(at, lambda at: any(metric.label.startswith("Accuracy") for metric in at.metric))
+    config = run_tables.project_runs(open_project(name).path)[0]["config"]
+    assert config["leaked_classes"] == ["zero"] and config["backbone"]["weights"] == path
+
+
 def test_train_page_shows_a_failed_job_in_words():
     name = new_project("fail", per_class=2, unlabeled=0)
     at = open_page("views/train.py", name)
@@ -302,6 +325,27 @@ def test_compare_page_shows_the_table_charts_and_embedding_map(trained_project):
     assert any("stratified" in caption.value and "Estimated time" in caption.value for caption in at.caption)
     at.radio(key="map-method").set_value("tsne").run()
     assert not at.exception and not at.error
+
+
+def test_compare_page_names_the_winner_with_its_interval_or_marks_the_ties():
+    name = new_project("winner", per_class=4, unlabeled=0)
+    project = open_project(name)
+    queue = jobs.JobQueue()
+    for strategy in ("linear", "protonet"):
+        request = training_job.TrainRequest(str(project.path), "test_efficientnet", "random", strategy,
+                                            training_job.default_params(strategy, seed=0, project_augment=None))
+        assert queue.wait(training_job.submit_training(queue, request, owner=name), timeout=120).status == jobs.DONE
+    queue.shutdown()
+    at = open_page("views/compare.py", name)
+    group_table = at.dataframe[1].value
+    assert set(group_table["strategy"]) == {"linear", "protonet"}
+    standing = list(group_table["standing"])
+    assert standing[0] in ("winner", "most accurate, tied within the interval")
+    assert standing[1].startswith(("behind: ", "tied with the best: "))
+    texts = [element.value for element in [*at.success, *at.markdown]]
+    headline = next(text for text in texts if "Winner for this project" in text or "No single winner" in text)
+    assert "95 % interval" in headline
+    assert ("tied within the 95 % interval" in headline) == standing[1].startswith("tied")
 
 
 # --- Export & try ---------------------------------------------------------------------------------------------------

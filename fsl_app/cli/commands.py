@@ -7,6 +7,7 @@
     fsl-app export RUN_DIR --format onnx|torchscript|bundle --out PATH
     fsl-app predict MODEL_PATH IMAGE_OR_DIR... [--json]
     fsl-app compare RUN_DIR... [--json] [--seed N]
+    fsl-app pretrain PROJECT_OR_DIR --method supervised|protonet [--epochs N | --episodes N --n-way N] [--out CKPT]
     fsl-app ui [--port N] [--address A] [--password-file FILE] [--no-auth]
 
 DATA_DIR is an ImageFolder tree (one sub-folder per class) or the name of a project in the store. Its unlabeled
@@ -27,6 +28,7 @@ from .. import DEFAULT_BACKBONE
 from .pools import (add_pool_arguments, check_pool_arguments, episode_setting_text, load_query_images,
                     note_ignored_pool, pool_text, training_pool)
 from ._args import UserError, parse_params
+from .pretrain import add_pretrain_command, warn_leakage
 from .ui import add_ui_arguments
 
 EXIT_USAGE = 2
@@ -96,6 +98,7 @@ def _add_optional_commands(commands) -> None:
     add_export_command(commands)
     add_store_commands(commands)
     add_compare_command(commands)
+    add_pretrain_command(commands)
 
 
 def _resolve_images(data: str, home: str | None):
@@ -136,6 +139,7 @@ def cmd_train(args) -> int:
     for warning in training_warnings(images):
         print(f"warning: {warning}", file=sys.stderr)
     strategy, backbone = _strategy_and_backbone(args)
+    warn_leakage(backbone, images.labeled().classes)
     pool = training_pool(images, strategy, no_pool=args.no_pool)
     out = Path(args.out) if args.out else Path("runs") / new_run_name(strategy.name)
     bar = _Progress(enabled=not args.json)
@@ -176,6 +180,7 @@ def cmd_evaluate(args) -> int:
     images = _resolve_images(args.data, args.home)
     query_images = load_query_images(args.query_data)
     strategy, backbone = _strategy_and_backbone(args)
+    warn_leakage(backbone, images.labeled().classes)
     note_ignored_pool(args, strategy)
     bar = _Progress(enabled=not args.json)
     report = evaluate_episodes(strategy, images, backbone, n_way=args.n_way, k_shot=args.k_shot,

@@ -61,6 +61,8 @@ def print_comparison(comparison) -> None:
                   f"{100 * pair.difference:+.1f} points [{100 * pair.ci_low:+.1f}, {100 * pair.ci_high:+.1f}] "
                   f"McNemar p={pair.p_value:.2g}, {len(pair.only_a_right)}/{len(pair.only_b_right)} images only "
                   f"one got right: {'measurable' if pair.measurable else 'no measurable difference'}")
+        if group.headline:
+            print(f"  {group.headline}")
         print(f"  recommendation: {group.recommendation.text}")
         print()
     for item in comparison.excluded:

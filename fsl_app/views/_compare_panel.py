@@ -33,13 +33,20 @@ def comparison_section(runs: list[dict], names: dict[str, str]) -> None:
 def group_block(number: int, group: comparison.GroupComparison, names: dict[str, str], *, several: bool) -> None:
     with st.container(border=True):
         st.markdown(f"**Group {number}**: {group.description}" if several else f"**{group.description}**")
+        standing = {row.run: row.text() for row in group.standings}
         st.dataframe([{"run": row["run"], "strategy": row["strategy"], "pool": pool_text(run["metrics"]),
-                       "accuracy": format_accuracy(run["metrics"]), "fit s": row["fit_seconds"]}
+                       "accuracy": format_accuracy(run["metrics"]), "standing": standing.get(row["run"], ""),
+                       "fit s": row["fit_seconds"]}
                       for row, run in zip(group.rows(), group.runs)], hide_index=True, width="stretch")
         recommendation = group.recommendation
-        if recommendation.kind == "winner":
+        if group.headline and recommendation.kind == "winner":
+            st.success(group.headline, icon=":material/trophy:")
+            st.caption(recommendation.text)
+        elif recommendation.kind == "winner":
             st.success(recommendation.text, icon=":material/trophy:")
         elif recommendation.kind == "cheapest":
+            if group.headline:
+                st.markdown(f"**{group.headline}**")
             st.info(recommendation.text, icon=":material/balance:")
         else:
             st.caption(recommendation.text)

@@ -10,7 +10,8 @@ from fsl_app.strategies import get_strategy_class, list_strategies
 from fsl_app.views import _augment_check_panel, _jobs_panel, _nav, _shared, _strategy_notes
 
 OTHER_BACKBONE = "other timm model…"
-WEIGHT_LABELS = {"auto": "pretrained (auto)", "random": "random (no pretraining)", "file": "checkpoint file"}
+WEIGHT_LABELS = {"auto": "pretrained (auto)", "random": "random (no pretraining)", "file": "checkpoint file",
+                 "base": "base-trained (fsl-app pretrain)"}
 DEFAULT_STRATEGY = "linear"
 
 
@@ -52,6 +53,8 @@ def weights_picker(project, name: str, summary: backbones.BackboneSummary) -> st
         st.warning("Random weights: the features mean nothing before training, so few-shot accuracy will be poor. "
                    "Use it for quick tests or with fine-tuning on many images.", icon=":material/warning:")
         return "random"
+    if kind == "base":
+        return base_trained_picker(project, name)
     if kind == "file":
         upload = st.file_uploader("Checkpoint (.pth, .pt, .bin or .safetensors state dict)",
                                   type=["pth", "pt", "bin", "safetensors"], key="train-weights-file")
@@ -66,6 +69,25 @@ def weights_picker(project, name: str, summary: backbones.BackboneSummary) -> st
         st.warning(f"No pretrained weights for {name} on this computer ({summary.availability}). Training will "
                    "try to download them; offline, choose a checkpoint file instead.", icon=":material/cloud_off:")
     return "auto"
+
+
+def base_trained_picker(project, name: str) -> str | None:
+    """A checkpoint from the workspace's backbone folder made for ``name``, with where it came from."""
+    found = backbones.pretrained_checkpoints(architecture=name)
+    others = sorted({c.architecture for c in backbones.pretrained_checkpoints()} - {c.architecture for c in found})
+    if others:
+        st.caption(f"Base-trained checkpoints for other backbones: {', '.join(others)} (pick that backbone first).")
+    if not found:
+        st.info(f"No base-trained checkpoint for {name} yet. Make one from a project with many labeled classes: "
+                f"`fsl-app pretrain PROJECT --method protonet --backbone {name}`.")
+        return None
+    labels = {str(c.path): c.label() for c in found}
+    path = st.selectbox("Base-trained checkpoint", list(labels), format_func=labels.get, key="train-weights-base")
+    leakage = next(c for c in found if str(c.path) == path).leakage(
+        [label for label, count in project.class_counts().items() if count > 0])
+    if leakage:
+        st.warning(leakage[:1].upper() + leakage[1:], icon=":material/warning:")
+    return path
 
 
 def param_key(strategy: str, name: str) -> str:
@@ -138,6 +160,8 @@ def request_from_state(project) -> training_job.TrainRequest:
     weights = state.get("train-weights", "auto")
     if weights == "file":
         weights = state.get("train-weights-path", "")
+    elif weights == "base":
+        weights = state.get("train-weights-base", "")
     strategy, seed = state["train-strategy"], int(state.get("train-seed", 0))
     values = {spec.name: state.get(param_key(strategy, spec.name), widget_default(spec))
               for spec in get_strategy_class(strategy).param_specs()}
