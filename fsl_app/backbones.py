@@ -12,6 +12,7 @@ Weight sources, tried in this order for ``weights="auto"``:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import importlib
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 from . import DEFAULT_BACKBONE
 
-__all__ = ["DEFAULT_BACKBONE", "Backbone", "BackboneError", "load_backbone", "list_backbones", "describe_backbone"]
+__all__ = ["DEFAULT_BACKBONE", "Backbone", "BackboneError", "at_input_size", "load_backbone", "list_backbones",
+           "describe_backbone"]
 _HUB_HOST = ("huggingface.co", 443)
 
 
@@ -63,6 +65,16 @@ class Backbone:
         """What a run config stores to load this backbone again."""
         return {"name": self.name, "weights": self.weights, "source": self.source, "id": self.id,
                 "num_features": self.num_features, "data_config": _jsonable(self.data_config)}
+
+
+def at_input_size(backbone: Backbone, input_size: tuple[int, int, int]) -> Backbone:
+    """The same model and weights fed images of ``input_size`` (3, H, W), e.g. a lite0 student at 160 px.
+
+    Convolutional backbones take any size; the id stays (same weights) and the feature cache keys on the transform.
+    """
+    if len(input_size) != 3 or input_size[0] != 3 or min(input_size[1:]) < 32:
+        raise BackboneError(f"input size {tuple(input_size)} is not (3, H, W) with H, W >= 32. Pass e.g. 160.")
+    return dataclasses.replace(backbone, data_config={**backbone.data_config, "input_size": tuple(input_size)})
 
 
 # --- packaged offline weights -------------------------------------------------------------------------------------
