@@ -23,7 +23,8 @@ from ..images import load_image
 from .predictors import PREDICTORS_BY_SUFFIX, Predictor, RunPredictor
 from .writers import export_run
 
-__all__ = ["VARIANTS", "Variant", "VariantReport", "variant_path", "export_variants", "measure_variants"]
+__all__ = ["VARIANTS", "Variant", "VariantReport", "variant_path", "export_variants", "measure_variants",
+           "pick_images"]
 
 
 @dataclass(frozen=True)
@@ -162,3 +163,11 @@ def _model_mb(run_dir: Path) -> float | None:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def pick_images(paths: Sequence[str | Path], count: int) -> list[Path]:
+    """``count`` of ``paths`` spread evenly over the list (every class of a sorted project gets some)."""
+    paths = list(paths)
+    if len(paths) <= count:
+        return [Path(path) for path in paths]
+    return [Path(paths[int(i)]) for i in np.linspace(0, len(paths) - 1, count)]
