@@ -110,8 +110,8 @@ def measure_variants(run_dir: str | Path, paths: dict[str, Path | str], image_pa
             reports[name] = _failed(name, path, f"cannot load: {_first_line(error)}", len(batch))
     seconds, top1 = _interleaved_timing(predictors, batch, rounds, on_progress)
     base_speed = float(len(batch) / np.median(seconds[RUN_ROW]))
-    rows = [VariantReport(RUN_ROW, "Run (PyTorch, the reference)", str(run_dir), _model_mb(Path(run_dir)),
-                          base_speed, 1.0, 1.0, len(batch))]
+    rows = [VariantReport(RUN_ROW, "Run (PyTorch, the reference)", str(run_dir), None, base_speed, 1.0, 1.0,
+                          len(batch))]  # no size: a run folder holds the head, its backbone loads from elsewhere
     for name in paths:
         if name in reports:
             rows.append(reports[name])
@@ -153,11 +153,6 @@ def _failed(name: str, path: Path | None, error: str, n_images: int) -> VariantR
     size = path.stat().st_size / 2**20 if path is not None and path.is_file() else None
     return VariantReport(name, VARIANTS[name].label, str(path) if path else None, size, None, None, None, n_images,
                          error)
-
-
-def _model_mb(run_dir: Path) -> float | None:
-    weights = run_dir / "model.safetensors"
-    return weights.stat().st_size / 2**20 if weights.is_file() else None
 
 
 def _first_line(error: BaseException) -> str:

@@ -5,7 +5,7 @@ import streamlit as st
 from fsl_app import backbones, distill_job
 from fsl_app.views import _jobs_panel, _shared
 
-INPUT_SIZES = (None, 224, 192, 160, 128, 96)  # None: the student backbone's own
+INPUT_SIZES = (None, 224, 192, 160, 128, 96, 64)  # None: the student backbone's own
 
 
 def project_classes(project) -> tuple[list[str], int]:
