@@ -70,11 +70,19 @@ class Backbone:
 def at_input_size(backbone: Backbone, input_size: tuple[int, int, int]) -> Backbone:
     """The same model and weights fed images of ``input_size`` (3, H, W), e.g. a lite0 student at 160 px.
 
-    Convolutional backbones take any size; the id stays (same weights) and the feature cache keys on the transform.
+    Convolutional backbones take any size. The id gains the size (``<id>-128x128``): it keys the process-wide
+    extractors and the ONNX export, whose input size is fixed.
     """
     if len(input_size) != 3 or input_size[0] != 3 or min(input_size[1:]) < 32:
         raise BackboneError(f"input size {tuple(input_size)} is not (3, H, W) with H, W >= 32. Pass e.g. 160.")
-    return dataclasses.replace(backbone, data_config={**backbone.data_config, "input_size": tuple(input_size)})
+    default, size = _default_input_size(backbone), tuple(input_size)
+    base_id = backbone.id.rsplit("-", 1)[0] if backbone.input_size != default else backbone.id
+    return dataclasses.replace(backbone, data_config={**backbone.data_config, "input_size": size},
+                               id=base_id if size == default else f"{base_id}-{size[1]}x{size[2]}")
+
+
+def _default_input_size(backbone: Backbone) -> tuple[int, int, int]:
+    return tuple(resolve_data_config({}, model=backbone.model)["input_size"])
 
 
 # --- packaged offline weights -------------------------------------------------------------------------------------

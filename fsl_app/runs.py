@@ -246,10 +246,10 @@ def load_run(run_dir: str | Path) -> tuple[Strategy, Backbone]:
     meta = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
     spec = meta["backbone"]
     backbone = load_backbone(spec["name"], spec["weights"])
-    if not spec.get("source", "").startswith("tuned") and backbone.id != spec["id"]:
-        raise ValueError(f"the backbone weights found now ({backbone.id}) differ from those the run was trained "
-                         f"with ({spec['id']}). Reinstall the same weights or retrain the run.")
     stored_size = (spec.get("data_config") or {}).get("input_size")
     if stored_size and tuple(stored_size) != backbone.input_size:
         backbone = at_input_size(backbone, tuple(stored_size))
+    if not spec.get("source", "").startswith("tuned") and backbone.id != spec["id"]:
+        raise ValueError(f"the backbone weights found now ({backbone.id}) differ from those the run was trained "
+                         f"with ({spec['id']}). Reinstall the same weights or retrain the run.")
     return load_strategy(run_dir, backbone), backbone

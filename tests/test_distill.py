@@ -161,3 +161,12 @@ def test_cancel_leaves_no_run(teacher_dir, data_dir, tmp_path):
                     weights="random", input_size=64, epochs=3)
     assert len(calls) > 3
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_a_backbone_at_another_input_size_has_its_own_id(tiny_backbone):
+    """The id keys the process-wide extractors and the fixed-size ONNX export: 64 px must not reuse the 160 px one."""
+    small = at_input_size(tiny_backbone, (3, 64, 64))
+    assert small.id == f"{tiny_backbone.id}-64x64" and small.input_size == (3, 64, 64)
+    assert at_input_size(small, (3, 160, 160)).id == tiny_backbone.id
+    with pytest.raises(ValueError, match="Pass e.g. 160"):
+        at_input_size(tiny_backbone, (3, 8, 8))
