@@ -99,7 +99,7 @@ def test_cli_writes_an_ordinary_run_at_the_smaller_input_size(teacher_dir, data_
 
     out = tmp_path / "runs" / "student"
     code = main(["distill", str(teacher_dir), str(data_dir), "--student-backbone", "test_efficientnet",
-                 "--weights", "random", "--input-size", "64", "--epochs", "2", "--out", str(out), "--json"])
+                 "--weights", "random", "--input-size", "64", "--epochs", "1", "--out", str(out), "--json"])
     assert code == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["run_dir"] == str(out) and metrics["pool_size"] > 0 and metrics["warnings"] == []
