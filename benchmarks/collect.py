@@ -29,6 +29,7 @@ SECTIONS = [  # (file, script that writes it)
     ("results/augment_check.md", "bench_augment_check.py"),
     ("results/startup.md", "bench_startup.py"),
     ("results/photos.md", "bench_photos.py"),
+    ("results/distill.md", "bench_distill.py"),
     ("results_import.md", "bench_import.py"),
     ("results_export.md", "bench_export.py"),
 ]

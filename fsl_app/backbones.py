@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 from . import DEFAULT_BACKBONE
 
-__all__ = ["DEFAULT_BACKBONE", "Backbone", "BackboneError", "load_backbone", "list_backbones", "describe_backbone",
-           "PretrainedCheckpoint", "pretrained_checkpoints", "leaked_classes"]
+__all__ = ["DEFAULT_BACKBONE", "Backbone", "BackboneError", "at_input_size", "load_backbone", "list_backbones",
+           "describe_backbone", "PretrainedCheckpoint", "pretrained_checkpoints", "leaked_classes"]
 _HUB_HOST = ("huggingface.co", 443)
 
 
@@ -123,6 +123,25 @@ class Backbone:
         if self.provenance:
             spec["pretrained"] = {key: self.provenance.get(key) for key in PROVENANCE_SUMMARY}
         return spec
+
+
+def at_input_size(backbone: Backbone, input_size: tuple[int, int, int]) -> Backbone:
+    """The same model and weights fed images of ``input_size`` (3, H, W), e.g. a lite0 student at 160 px.
+
+    Convolutional backbones take any size. The id gains the size (``<id>-128x128``): it keys the process-wide
+    extractors and the ONNX export, whose input size is fixed.
+    """
+    if len(input_size) != 3 or input_size[0] != 3 or min(input_size[1:]) < 32:
+        raise BackboneError(f"input size {tuple(input_size)} is not (3, H, W) with H, W >= 32. Pass e.g. 160.")
+    default, size = _default_input_size(backbone), tuple(input_size)
+    base_id = backbone.id.rsplit("-", 1)[0] if backbone.input_size != default else backbone.id
+    return Backbone(backbone.name, None, {**backbone.data_config, "input_size": size}, backbone.num_features,
+                    base_id if size == default else f"{base_id}-{size[1]}x{size[2]}", backbone.source,
+                    backbone.weights, backbone.extras, model_loader=lambda: backbone.model)  # shares the model
+
+
+def _default_input_size(backbone: Backbone) -> tuple[int, int, int]:
+    return tuple(resolve_data_config({}, model=backbone.model)["input_size"])
 
 
 # --- packaged offline weights -------------------------------------------------------------------------------------

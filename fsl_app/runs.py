@@ -32,7 +32,7 @@ except ImportError:  # Windows: abandoned .partial folders are skipped by list_r
 
 from . import __version__
 from .atomic import write_json_atomic
-from .backbones import Backbone, leaked_classes, load_backbone
+from .backbones import Backbone, at_input_size, leaked_classes, load_backbone
 from .dataset import ImageSet
 from .evaluation import EvaluationReport, evaluate
 from .features import describe_device, pick_device
@@ -59,13 +59,15 @@ def new_run_name(strategy_name: str) -> str:
 def train_run(images: ImageSet, strategy: Strategy, backbone: Backbone, out_dir: str | Path, *,
               protocol: str = "auto", seed: int = 0, on_step: Callable[[StepLog], None] | None = None,
               on_progress: Callable[[str, int, int], None] | None = None, augment: dict | None = None,
-              snapshot: dict | None = None, pool: ImageSet | None = None) -> RunResult:
+              snapshot: dict | None = None, pool: ImageSet | None = None,
+              extra_config: dict | None = None) -> RunResult:
     """Evaluate ``strategy`` on ``images`` with ``protocol``, fit it on all of them and save the run in ``out_dir``.
 
     ``pool``: unlabeled images (their labels are ignored) given to every evaluation split's fit and to the final fit
     when the strategy ``uses_unlabeled``; other strategies train without it. ``on_progress(phase, done, total)``
     reports evaluation and fitting; ``on_step`` gets every training StepLog (the evaluation splits' fits, then the
-    final fit; only the final fit's go to ``metrics.jsonl``).
+    final fit; only the final fit's go to ``metrics.jsonl``). ``extra_config``: more keys for ``config.json`` (e.g.
+    ``distillation``: the teacher a distilled student learned from).
     """
     labeled = images.labeled()
     labeled.check_trainable()
@@ -79,7 +81,7 @@ def train_run(images: ImageSet, strategy: Strategy, backbone: Backbone, out_dir:
     lock = _hold_writer_lock(partial)
     try:
         result = _train_into(partial, labeled, pool, strategy, backbone, protocol, seed, on_step, on_progress,
-                             augment, snapshot)
+                             augment, snapshot, extra_config or {})
         os.replace(partial, out_dir)
         (out_dir / WRITER_LOCK).unlink(missing_ok=True)
     except BaseException:
@@ -95,9 +97,10 @@ def train_run(images: ImageSet, strategy: Strategy, backbone: Backbone, out_dir:
 
 def _train_into(partial: Path, labeled: ImageSet, pool: ImageSet | None, strategy: Strategy, backbone: Backbone,
                 protocol: str, seed: int, on_step, on_progress, augment,
-                snapshot) -> tuple[Strategy, EvaluationReport, dict]:
+                snapshot, extra_config: dict) -> tuple[Strategy, EvaluationReport, dict]:
     pool_size = 0 if pool is None else len(pool)
-    config = {**_run_config(labeled, strategy, backbone, protocol, seed, augment, snapshot), "pool_size": pool_size}
+    config = {**_run_config(labeled, strategy, backbone, protocol, seed, augment, snapshot), "pool_size": pool_size,
+              **extra_config}
     write_json_atomic(partial / "config.json", config)
     started = time.perf_counter()
     report = evaluate(strategy, labeled, backbone, protocol=protocol, seed=seed, unlabeled=pool,
@@ -240,13 +243,20 @@ def _mtime(path: Path) -> float:
 
 
 def load_run(run_dir: str | Path) -> tuple[Strategy, Backbone]:
-    """The fitted strategy and its backbone from a run folder; the backbone weights must be the ones trained on."""
+    """The fitted strategy and its backbone from a run folder; the backbone weights must be the ones trained on.
+
+    A run trained at another input size than the backbone's default (a distilled student at a lower resolution) gets
+    its backbone back at that size.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "model.json").is_file():
         raise FileNotFoundError(f"{run_dir} holds no model (model.json). Pass a finished run folder.")
     meta = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
     spec = meta["backbone"]
     backbone = load_backbone(spec["name"], spec["weights"])
+    stored_size = (spec.get("data_config") or {}).get("input_size")
+    if stored_size and tuple(stored_size) != backbone.input_size:
+        backbone = at_input_size(backbone, tuple(stored_size))
     if not spec.get("source", "").startswith("tuned") and backbone.id != spec["id"]:
         raise ValueError(f"the backbone weights found now ({backbone.id}) differ from those the run was trained "
                          f"with ({spec['id']}). Reinstall the same weights or retrain the run.")

@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(commands) -> None:
     """Commands defined in their own modules of this package (export; project and suggest; compare)."""
     from .compare import add_compare_command
+    from .distill import add_distill_command
     from .export import add_export_command
     from .store import add_store_commands
 
@@ -99,6 +100,7 @@ def _add_optional_commands(commands) -> None:
     add_store_commands(commands)
     add_compare_command(commands)
     add_pretrain_command(commands)
+    add_distill_command(commands)
 
 
 def _resolve_images(data: str, home: str | None):

@@ -1,11 +1,12 @@
-"""Export & try: predict a new image with a trained run, see its nearest training images, download the model."""
+"""Export & try: predict a new image with a trained run, see its nearest training images, download the model,
+compare its exported variants and distil it into a smaller student."""
 
 from pathlib import Path
 
 import streamlit as st
 
 from fsl_app import inspect_run, run_downloads, run_tables
-from fsl_app.views import _camera, _charts, _nav, _shared
+from fsl_app.views import _camera, _charts, _distill_panel, _export_variants, _nav, _shared
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
 FORMAT_LABELS = {"onnx": "ONNX", "torchscript": "TorchScript", "bundle": "Bundle"}  # the formats offered, in order
@@ -105,3 +106,6 @@ with left:
     try_image(run)
 with right:
     downloads(project, run)
+st.divider()
+_export_variants.variants_panel(project, run)
+_distill_panel.distill_panel(project, run)
