@@ -141,7 +141,7 @@ def at_input_size(backbone: Backbone, input_size: tuple[int, int, int]) -> Backb
 
 
 def _default_input_size(backbone: Backbone) -> tuple[int, int, int]:
-    return tuple(resolve_data_config({}, model=backbone.model)["input_size"])
+    return tuple(_resolve_data_config(backbone.model)["input_size"])
 
 
 # --- packaged offline weights -------------------------------------------------------------------------------------
@@ -550,7 +550,8 @@ def _write_manifest(fingerprint: dict, backbone: Backbone) -> None:
     from .atomic import write_json_atomic
 
     manifest = {"fingerprint": fingerprint, "id": backbone.id, "source": backbone.source, "weights": backbone.weights,
-                "num_features": backbone.num_features, "data_config": _jsonable(backbone.data_config)}
+                "num_features": backbone.num_features, "data_config": _jsonable(backbone.data_config),
+                "extras": _jsonable(backbone.extras)}
     try:
         write_json_atomic(_manifest_path(fingerprint), manifest)
     except OSError as error:  # a read-only cache only costs the timm import next time
@@ -570,7 +571,8 @@ def _backbone_from_manifest(name: str, weights: str | os.PathLike, num_classes: 
     for key in ("mean", "std"):
         data_config[key] = tuple(data_config[key])
     return Backbone(name=name, model=None, data_config=data_config, num_features=manifest["num_features"],
-                    id=manifest["id"], source=manifest["source"], weights=manifest["weights"], model_loader=build)
+                    id=manifest["id"], source=manifest["source"], weights=manifest["weights"],
+                    extras=manifest.get("extras") or {}, model_loader=build)
 
 
 def weights_hash(model: nn.Module) -> str:
