@@ -39,6 +39,7 @@ import _report  # noqa: E402
 from fsl_app.backbones import DEFAULT_BACKBONE, load_backbone  # noqa: E402
 from fsl_app.dataset import ImageSet  # noqa: E402
 from fsl_app.export import Exportable, prepare_export, write_onnx  # noqa: E402
+from fsl_app.export.prepare import split_outputs  # noqa: E402
 from fsl_app.export.onnx_writer import calibration_batch, nodes_kept_float, quantize_int8  # noqa: E402
 from fsl_app.features import images_to_batch  # noqa: E402
 from fsl_app.images import load_image  # noqa: E402
@@ -129,7 +130,7 @@ def probabilities(forward, batch: torch.Tensor) -> torch.Tensor:
 def eager(module: torch.nn.Module):
     def forward(batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return module(batch)
+            return split_outputs(module(batch))[0]  # logits (the run's autoencoder adds an OOD score)
 
     return forward
 
