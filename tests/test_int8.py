@@ -54,3 +54,7 @@ def test_too_few_calibration_images_fall_back_to_fp32(tiny_backbone, tmp_path):
     assert predictor.info["quantization"] is None
     assert "fp32" in predictor.info["quantization_fallback"]
     assert "QuantizeLinear" not in {node.op_type for node in onnx.load(str(path)).graph.node}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bundle = export_run(run.run_dir, "bundle", tmp_path / "model.zip", quantize="int8")
+    assert load_predictor(bundle).info["onnx_quantization"] is None  # the bundle records what was written
