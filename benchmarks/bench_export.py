@@ -151,8 +151,13 @@ def measure(args) -> dict:
         torch_fp32 = probabilities(engines["torch eager fp32"], speed_batch)
         import onnx
 
-        float_convs = len([name for name in nodes_kept_float(paths["fp32 ONNX"]) if "Conv" in name])
-        all_convs = sum(node.op_type == "Conv" for node in onnx.load(str(paths["fp32 ONNX"])).graph.node)
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        prepared = work / "prepared.onnx"  # what quantize_int8 quantizes (batch norms folded, shapes inferred)
+        quant_pre_process(str(paths["fp32 ONNX"]), str(prepared), skip_symbolic_shape=True)
+        kinds = {node.name: node.op_type for node in onnx.load(str(prepared)).graph.node}
+        float_convs = sum(kinds.get(name) == "Conv" for name in nodes_kept_float(prepared))
+        all_convs = sum(kind == "Conv" for kind in kinds.values())
         return {"threads": threads, "setup_seconds": setup_seconds, "rates": rates, "classes": classes,
                 "labels": labels, "probs": probs, "torch_vs_onnx": (torch_fp32 - probs["fp32 ONNX"][:BATCH]).abs().max(),
                 "sizes": {name: path.stat().st_size for name, path in paths.items()},
