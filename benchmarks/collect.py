@@ -30,6 +30,7 @@ SECTIONS = [  # (file, script that writes it)
     ("results/startup.md", "bench_startup.py"),
     ("results/photos.md", "bench_photos.py"),
     ("results/distill.md", "bench_distill.py"),
+    ("results/ood.md", "bench_ood.py"),
     ("results_import.md", "bench_import.py"),
     ("results_export.md", "bench_export.py"),
 ]

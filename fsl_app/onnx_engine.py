@@ -56,8 +56,10 @@ def cpu_threads() -> int:
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, input_name: str = "images",
-                output_name: str = "output", static_padding: bool = True) -> Path:
+                output_name: str | tuple[str, ...] = "output", static_padding: bool = True) -> Path:
     """Export ``model`` with a dynamic batch axis, atomically (temp file then rename).
+
+    ``output_name``: one name, or one name per output of a model that returns a tuple.
 
     The height and width of ``example`` are fixed in the export, so ``static_padding`` (default) first replaces
     timm's TF-style "same"-padded convolutions by constant padding for that size (:func:`static_same_padding`):
@@ -72,8 +74,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, input_na
             warnings.simplefilter("ignore")
             if static_padding:
                 model = static_same_padding(model, example)
-            torch.onnx.export(model.eval(), (example,), temp, input_names=[input_name], output_names=[output_name],
-                              dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            outputs = [output_name] if isinstance(output_name, str) else list(output_name)
+            torch.onnx.export(model.eval(), (example,), temp, input_names=[input_name], output_names=outputs,
+                              dynamic_axes={input_name: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
                               opset_version=OPSET, dynamo=False)
         os.replace(temp, path)
     finally:

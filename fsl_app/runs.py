@@ -2,7 +2,8 @@
 
 A run folder holds ``config.json`` (backbone, strategy params, augment, seed, data snapshot), ``metrics.jsonl`` (one
 StepLog per line, appended live), ``metrics.json`` (final evaluation), ``predictions.json`` (per held-out image) and the
-fitted model (``model.safetensors`` + ``model.json``). ``pool_size`` in config and metrics counts the unlabeled
+fitted model (``model.safetensors`` + ``model.json``) and its out-of-distribution autoencoder (``ood.safetensors``
++ ``ood.json``, see :mod:`fsl_app.ood`). ``pool_size`` in config and metrics counts the unlabeled
 images the fits received (0 when the strategy ignores the pool); metrics add what the fitted strategy reports of its
 pool use (``pool_used``, ``pseudo_labels``). It is written under ``<name>.partial`` and renamed when complete, so
 a crash mid-training never leaves a half-written run that looks finished. The writing process holds a lock on
@@ -36,6 +37,7 @@ from .backbones import Backbone, at_input_size, leaked_classes, load_backbone
 from .dataset import ImageSet
 from .evaluation import EvaluationReport, evaluate
 from .features import describe_device, pick_device
+from .ood import fit_run_autoencoder
 from .strategies import Strategy, StepLog, load_strategy
 
 PARTIAL_SUFFIX = ".partial"
@@ -118,9 +120,11 @@ def _train_into(partial: Path, labeled: ImageSet, pool: ImageSet | None, strateg
         fitted = strategy.clone().fit(labeled, backbone=backbone, unlabeled=pool, on_step=log_step)
     finished = time.perf_counter()
     fitted.save(partial)
+    ood_seconds = fit_run_autoencoder(fitted, labeled, backbone, partial, seed=seed)
     metrics = {**report.summary(), "classes": report.classes, "confusion": report.confusion,
                "evaluation_seconds": evaluated - started, "fit_seconds": finished - evaluated,
-               "train_seconds": finished - started, "n_images": len(labeled), **_pool_metrics(fitted, pool_size)}
+               "train_seconds": finished - started, "n_images": len(labeled), **_pool_metrics(fitted, pool_size),
+               **({"ood_seconds": ood_seconds} if ood_seconds is not None else {})}
     write_json_atomic(partial / "metrics.json", metrics)
     write_json_atomic(partial / "predictions.json", _predictions(labeled, report))
     return fitted, report, metrics

@@ -315,7 +315,8 @@ def test_predict_json_lists_one_result_per_image(trained, new_images, capsys):
     assert isinstance(results, list) and [item["image"] for item in results] == [str(path) for path in images]
     classes = {"digit_0", "digit_1", "digit_2"}
     for item in results:
-        assert set(item) == {"image", "label", "probability", "top_k"}
+        assert set(item) == {"image", "label", "probability", "top_k", "ood_score"}  # the run has an autoencoder
+        assert item["ood_score"] > 0
         assert item["label"] in classes
         assert [entry["label"] for entry in item["top_k"]][0] == item["label"]
         assert item["probability"] == item["top_k"][0]["probability"]

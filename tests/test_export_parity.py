@@ -4,7 +4,8 @@ Each setting (linear: classifier x normalization; protonet: distance x normaliza
 every mode; any other registered strategy: its defaults) is trained on digits with the tiny random backbone and
 exported with ``fsl_app.export.export_run`` as TorchScript and as a bundle. The bundle holds the ONNX model the
 ``onnx`` format writes (same writer, same metadata), so one export per format covers ONNX, TorchScript, safetensors
-and the two stand-alone scripts. Each must give the fitted strategy's probabilities within 1e-4: the ``.pt``, the
+and the two stand-alone scripts. Each must give the fitted strategy's probabilities within 1e-4 (and the run
+folder's autoencoder OOD score within 1e-3, relative): the ``.pt``, the
 bundle's ``model.onnx`` and the bundle reloaded with ``load_predictor``, and the bundle's own ``predict.py``
 (torch + timm) and ``predict_onnx.py`` (onnxruntime), run in two fresh processes.
 """
@@ -76,7 +77,8 @@ def exported(digits_set, tiny_backbone, queries, workspace) -> dict[str, dict]:
         bundle = export_run(result.run_dir, "bundle", exports / f"{case}.zip", threshold="none")
         with zipfile.ZipFile(bundle) as archive:
             archive.extractall(workspace / "unzipped" / case)
-        cases[case] = {"expected": result.strategy.predict_proba(queries).float(),
+        _, ood = load_predictor(result.run_dir).predict_images([queries.load(i) for i in range(len(queries))])
+        cases[case] = {"expected": result.strategy.predict_proba(queries).float(), "ood": ood,
                        "classes": result.strategy.classes_, "bundle": bundle,
                        "onnx": workspace / "unzipped" / case / "model.onnx",
                        "torchscript": export_run(result.run_dir, "torchscript", exports / f"{case}.pt",
@@ -118,8 +120,9 @@ def test_export_gives_the_strategys_probabilities(case, export_format, exported,
     entry = exported[case]
     predictor = load_predictor(entry[export_format])
     assert predictor.classes == entry["classes"] and predictor.threshold is None
-    probabilities = predictor.predict_proba_images([queries.load(i) for i in range(len(queries))])
+    probabilities, ood = predictor.predict_images([queries.load(i) for i in range(len(queries))])
     assert (probabilities - entry["expected"]).abs().max().item() < TOLERANCE
+    assert ood is not None and torch.allclose(ood, entry["ood"], rtol=1e-3, atol=1e-4)  # the run's autoencoder
 
 
 @pytest.mark.parametrize("script", BUNDLE_SCRIPT_NAMES)
@@ -129,3 +132,5 @@ def test_bundle_scripts_give_the_strategys_probabilities(case, script, exported,
     assert [row["image"] for row in output] == [str(record.path) for record in queries.records]
     probabilities = probabilities_of(output, exported[case]["classes"])
     assert (probabilities - exported[case]["expected"]).abs().max().item() < TOLERANCE
+    assert torch.allclose(torch.tensor([row["ood_score"] for row in output]), exported[case]["ood"], rtol=1e-3,
+                          atol=1e-4)

@@ -18,7 +18,8 @@ from fsl_app.dataset import DataError, ImageSet
 from fsl_app.runs import PARTIAL_SUFFIX, list_runs, load_run, read_run, train_run
 from fsl_app.strategies import create_strategy, get_strategy_class
 
-RUN_FILES = {"config.json", "metrics.json", "metrics.jsonl", "predictions.json", "model.safetensors", "model.json"}
+RUN_FILES = {"config.json", "metrics.json", "metrics.jsonl", "predictions.json", "model.safetensors", "model.json",
+             "ood.safetensors", "ood.json"}  # ood.*: the "none of these" autoencoder (fsl_app.ood)
 
 
 @pytest.fixture(scope="module")

@@ -228,8 +228,9 @@ def cmd_predict(args) -> int:
                 continue
             shown = item["top_k"] if item["label"] == "unknown" else item["top_k"][1:]
             alternatives = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in shown)
+            ood = f"  ood {item['ood_score']:.2f}" if item.get("ood_score") is not None else ""
             print(printable(f"{item['image']}: {item['label']} ({item['probability']:.2f})"
-                            + (f"  [{alternatives}]" if alternatives else "")))
+                            + (f"  [{alternatives}]" if alternatives else "") + ood))
     return 0 if all("error" not in item for item in results) else 1
 
 

@@ -5,7 +5,8 @@ that one module in three formats, each carrying the class names, timm's eval pre
 "none of these" threshold:
 
 - ``onnx``: ``model.onnx`` (opset 18, dynamic batch), metadata in ``metadata_props`` (one JSON value per key);
-  ``--quantize int8`` applies onnxruntime's dynamic int8 quantization for CPU deployment.
+  ``--quantize int8`` applies onnxruntime's static QDQ int8 quantization, calibrated on the run's images, for CPU
+  deployment (fp32 with a message when fewer than 10 images can be read).
 - ``torchscript``: a traced module with the metadata as the extra file ``fsl_app.json``.
 - ``bundle``: a zip with ``model.safetensors`` (the full module state: ``backbone.*`` and ``head.*``),
   ``config.json``, a model card ``README.md``, ``predict.py`` (torch + timm only), ``model.onnx`` and
@@ -15,7 +16,9 @@ Loading never unpickles arbitrary code: bundles are safetensors + JSON, TorchScr
 ``torch.jit.load`` only after their ``fsl_app.json`` extra file was found and checked, ONNX files must carry fsl_app
 metadata. Zip files are checked against their CRC-32 and bundles against the sha256 of their model files. The
 rejection threshold ``auto`` is the highest max-probability that still accepts at least 95 % of the correctly
-classified held-out images of the run (``predictions.json``).
+classified held-out images of the run (``predictions.json``). A run with an out-of-distribution autoencoder
+(``fsl_app.ood``) exports a second output, ``ood_score`` (n,), in every format; ``--ood auto|FLOAT`` makes a score
+above the limit answer ``unknown`` too (either rule rejects).
 
 Modules: ``formats`` (vocabulary), ``metadata`` (reading and checking what a file says about itself), ``threshold``,
 ``prepare`` (run -> module + metadata), ``onnx_writer`` / ``torchscript_writer`` / ``bundle_writer``, ``model_card``,
@@ -37,7 +40,8 @@ _NEEDS_TORCH = {  # name -> module, imported on first use (PEP 562 module __geta
                      "PREDICTORS_BY_SUFFIX", "load_predictor"), "predictors"),
     **dict.fromkeys(("WRITERS", "export_run", "export_path", "exported_info"), "writers"),
     **dict.fromkeys(("Exportable", "prepare_export", "portable_module"), "prepare"),
-    **dict.fromkeys(("write_onnx", "quantize_int8", "attach_onnx_metadata"), "onnx_writer"),
+    **dict.fromkeys(("write_onnx", "quantize_int8", "attach_onnx_metadata", "calibration_batch", "nodes_kept_float"),
+                    "onnx_writer"),
     **dict.fromkeys(("write_torchscript",), "torchscript_writer"),
     **dict.fromkeys(("write_bundle", "bundle_config", "bundle_script"), "bundle_writer"),
     **dict.fromkeys(("load_bundle", "read_bundle_state", "build_bundle_module", "expected_state_shapes"),

@@ -64,7 +64,20 @@ def expected_state_shapes(info: dict) -> dict[str, tuple[int, ...]]:
         backbone = _create_timm_backbone(info, head)
     shapes = {BACKBONE_PREFIX + key: tuple(value.shape) for key, value in backbone.state_dict().items()}
     shapes.update({"head." + key: shape for key, shape in head_state_shapes(head).items()})
+    if info.get("ood"):
+        from ..ood import autoencoder_state_shapes
+
+        shapes.update({"ood." + key: shape for key, shape in autoencoder_state_shapes(_checked_ood_spec(info)).items()})
     return shapes
+
+
+def _checked_ood_spec(info: dict) -> dict:
+    ood = info["ood"]
+    if not isinstance(ood, dict) or ood.get("kind") != "autoencoder" or not all(
+            isinstance(ood.get(key), int) and ood[key] > 0 for key in ("in_features", "hidden", "bottleneck")):
+        raise ModelFileError(f"config.json describes an unknown out-of-distribution model {ood!r}: the bundle is from "
+                             "a newer fsl_app (upgrade it) or was edited (re-export it).")
+    return ood
 
 
 def head_state_shapes(head: dict) -> dict[str, tuple[int, ...]]:
@@ -102,7 +115,8 @@ def _create_timm_backbone(info: dict, head: dict) -> nn.Module:
 
 
 def build_bundle_module(info: dict, state: dict[str, torch.Tensor]) -> nn.Module:
-    """The exported module (n, 3, H, W) -> logits (n, C) from ``config.json`` and the checked safetensors state."""
+    """The exported module (n, 3, H, W) -> logits (n, C) from ``config.json`` and the checked safetensors state; with
+    an autoencoder (``config.json["ood"]``) it returns (logits, OOD score (n,))."""
     from ..strategies._heads import head_from_config
     from ..strategies.base import ImageClassifier
 
@@ -111,5 +125,10 @@ def build_bundle_module(info: dict, state: dict[str, torch.Tensor]) -> nn.Module
     head_state = {key.removeprefix("head."): value for key, value in state.items() if key.startswith("head.")}
     head = nn.Identity() if head_spec["kind"] == "timm" else head_from_config(head_spec, head_state)
     module = ImageClassifier(backbone, head)
+    if info.get("ood"):
+        from ..ood import FeatureAutoencoder, OodImageClassifier
+
+        spec = _checked_ood_spec(info)
+        module = OodImageClassifier(module, FeatureAutoencoder(spec["in_features"], spec["hidden"], spec["bottleneck"]))
     module.load_state_dict(state)
     return module.eval()

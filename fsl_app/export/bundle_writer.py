@@ -37,7 +37,9 @@ def write_bundle(exportable: Exportable, out: Path, *, quantize: str | None = No
     weights = save({key: value.detach().cpu().contiguous().clone()
                     for key, value in exportable.module.state_dict().items()})
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as temp:
-        onnx_bytes = write_onnx(exportable, Path(temp) / "model.onnx", quantize=quantize).read_bytes()
+        onnx_path = write_onnx(exportable, Path(temp) / "model.onnx", quantize=quantize)
+        onnx_bytes = onnx_path.read_bytes()
+        quantize = _written_quantization(onnx_path)  # None when int8 fell back to fp32 (too few calibration images)
         config = bundle_config(exportable, {"model.safetensors": weights, "model.onnx": onnx_bytes}, quantize)
         members = {"model.safetensors": weights, "config.json": json.dumps(config, indent=2, ensure_ascii=False),
                    "README.md": model_card(exportable, quantize), "model.onnx": onnx_bytes,
@@ -48,6 +50,14 @@ def write_bundle(exportable: Exportable, out: Path, *, quantize: str | None = No
                 archive.writestr(name, members[name])
         os.replace(archive_path, out)
     return out
+
+
+def _written_quantization(onnx_path: Path) -> str | None:
+    """The ``quantization`` recorded in a written model.onnx's metadata."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    return json.loads(props.get("quantization", "null"))
 
 
 def bundle_script(name: str) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 from ..images import ImageError, load_image
 from ..preprocess import draft_size, eval_geometry, normalize_batch
 from .formats import UNKNOWN_LABEL, ModelFileError
+from .threshold import is_unknown
 from .metadata import (check_archive_intact, check_bundle_archive, check_checksum, check_export_info, first_line,
                        info_from_onnx_metadata, read_bundle_bytes, read_bundle_json, recorded_checksums)
 
@@ -32,7 +33,8 @@ class OnnxRuntimePredictor:
     """Top-k predictions of an fsl_app ONNX model (file or bundle member); numpy, Pillow and onnxruntime only.
 
     Same results as :class:`fsl_app.export.predictors.Predictor`: ``predict_paths`` gives one dict per image
-    (image, label, probability, top_k, or error); below ``threshold`` the label is ``"unknown"``.
+    (image, label, probability, top_k, ood_score when the model has the autoencoder output, or error); below
+    ``threshold`` or above ``ood_limit`` the label is ``"unknown"``.
     """
 
     def __init__(self, model: bytes | str, source: Path, info: dict | None = None):
@@ -48,7 +50,7 @@ class OnnxRuntimePredictor:
         self.info = check_export_info(info, source)
         self.classes = list(self.info["classes"])
         self.data_config = self.info["preprocessing"]
-        self.threshold = self.info.get("threshold")
+        self.threshold, self.ood_limit = self.info.get("threshold"), self.info.get("ood_limit")
         self.geometry = eval_geometry(self.data_config)
         self.draft = draft_size(self.data_config)
         self.input_name = self.session.get_inputs()[0].name
@@ -61,15 +63,24 @@ class OnnxRuntimePredictor:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """(n, 3, H, W) float32 -> (n, C)."""
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return self.scores(batch)[0]
+
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(n, 3, H, W) float32 -> logits (n, C) and the autoencoder's OOD score (n,) when the model has one."""
+        outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+
+    def predict_images(self, images: Sequence) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (n, C) and OOD scores (n,) or None of RGB PIL images."""
+        pixels = [np.asarray(self.geometry(image.convert("RGB")), dtype=np.uint8) for image in images]
+        logits, ood = self.scores(normalize_batch(pixels, self.data_config["mean"], self.data_config["std"]))
+        logits = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True), ood
 
     def predict_proba_images(self, images: Sequence) -> np.ndarray:
         """Probabilities (n, C) of RGB PIL images."""
-        pixels = [np.asarray(self.geometry(image.convert("RGB")), dtype=np.uint8) for image in images]
-        logits = self.logits(normalize_batch(pixels, self.data_config["mean"], self.data_config["std"]))
-        logits = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return self.predict_images(images)[0]
 
     def predict_paths(self, paths: Sequence[Path], *, top_k: int = 3, progress: bool = False,
                       batch_size: int = 32) -> list[dict]:
@@ -83,16 +94,19 @@ class OnnxRuntimePredictor:
                 except ImageError as error:
                     results[str(path)] = {"image": str(path), "error": str(error)}
             if loaded:
-                for path, row in zip(good, self.predict_proba_images(loaded)):
-                    results[str(path)] = self._describe(str(path), row, top_k)
+                proba, ood = self.predict_images(loaded)
+                ood = [None] * len(good) if ood is None else ood.tolist()
+                for path, row, score in zip(good, proba, ood):
+                    results[str(path)] = self._describe(str(path), row, top_k, score)
         return [results[str(path)] for path in paths]
 
-    def _describe(self, image: str, probabilities: np.ndarray, top_k: int) -> dict:
+    def _describe(self, image: str, probabilities: np.ndarray, top_k: int, ood_score: float | None = None) -> dict:
         order = np.argsort(-probabilities, kind="stable")[:min(top_k, len(self.classes))]
         top = [{"label": self.classes[i], "probability": float(probabilities[i])} for i in order]
-        rejected = self.threshold is not None and top[0]["probability"] < self.threshold
-        return {"image": image, "label": UNKNOWN_LABEL if rejected else top[0]["label"],
-                "probability": top[0]["probability"], "top_k": top}
+        rejected = is_unknown(top[0]["probability"], ood_score, self.threshold, self.ood_limit)
+        answer = {"image": image, "label": UNKNOWN_LABEL if rejected else top[0]["label"],
+                  "probability": top[0]["probability"], "top_k": top}
+        return answer if ood_score is None else {**answer, "ood_score": float(ood_score)}
 
     def _check_model_answers(self, source: Path) -> None:
         """One blank image of the metadata's input size must give one logit per class the metadata names."""

@@ -41,6 +41,8 @@ def model_card(exportable: Exportable, quantize: str | None = None) -> str:
         f"images: {sum(counts.values()) if counts else '?'} (sha256 list in config.json).",
         f"- Preprocessing: {_describe_preprocessing(info['preprocessing'])}.",
         f"- Rejection threshold on the top probability: {threshold}.",
+        f"- Out-of-distribution score: {_describe_ood(info)}.",
+        "- Answer `unknown` when: " + _unknown_rule(info) + ".",
         "",
         "## Intended use",
         "",
@@ -79,10 +81,32 @@ def _card_limits(info: dict, n_images: int, quantize: str | None) -> list[str]:
               "- Images unlike the training data (other lighting, devices, subjects) can be confidently wrong."]
     if str(info["backbone"]["source"]).startswith("random"):
         limits.append("- The backbone had random weights (no pretraining): expect poor accuracy.")
+    if info.get("ood"):
+        limits.append("- The autoencoder's score flags images unlike the training images as a whole; it can miss an "
+                      "unfamiliar image that looks like a known class, and with few training images it also flags "
+                      "some familiar ones (about 5 % at the automatic limit).")
     if quantize:
-        limits.append(f"- model.onnx is {quantize}-quantized (about 3x smaller): its probabilities differ from "
-                      "model.safetensors and can change the top class of borderline images.")
+        limits.append(f"- model.onnx is {quantize}-quantized (static QDQ, about 3x smaller): its probabilities differ "
+                      "from model.safetensors and can change the top class of borderline images.")
     return limits
+
+
+def _describe_ood(info: dict) -> str:
+    if not info.get("ood"):
+        return "none (the run has no autoencoder)"
+    ood = info["ood"]
+    return (f"autoencoder on the backbone features ({ood['in_features']} -> {ood['hidden']} -> {ood['bottleneck']}, "
+            f"weights `ood.*`; output `{ood.get('output', 'ood_score')}` of model.onnx): {info.get('ood_rule')}")
+
+
+def _unknown_rule(info: dict) -> str:
+    """The rule, in words: either score may reject (each only when set)."""
+    rules = []
+    if info.get("threshold") is not None:
+        rules.append(f"the top probability is below {info['threshold']:.4f}")
+    if info.get("ood") and info.get("ood_limit") is not None:
+        rules.append(f"the OOD score is above {info['ood_limit']:g}")
+    return " or ".join(rules) if rules else "never (export with --threshold auto and/or --ood auto to allow it)"
 
 
 def _describe_augment(spec) -> str:

@@ -14,7 +14,7 @@ from .formats import EXPORT_FORMATS, FORMAT_SUFFIXES, QUANTIZATIONS
 from .metadata import info_from_onnx_metadata, read_bundle_json, read_torchscript_info
 from .onnx_writer import write_onnx
 from .prepare import prepare_export
-from .threshold import parse_threshold
+from .threshold import parse_ood_limit, parse_threshold
 from .torchscript_writer import write_torchscript
 
 __all__ = ["WRITERS", "export_run", "export_path", "exported_info"]
@@ -24,10 +24,13 @@ WRITERS: dict[str, Callable[..., Path]] = {"onnx": write_onnx, "torchscript": wr
 
 
 def export_run(run_dir: str | Path, export_format: str, out: str | Path | None = None, *,
-               threshold: str | float | None = None, quantize: str | None = None) -> Path:
+               threshold: str | float | None = None, quantize: str | None = None, ood: str | float | None = None,
+               calibration_images: list | None = None) -> Path:
     """Export a run folder as ``export_format`` (onnx, torchscript, bundle) to ``out`` (default: next to the run).
 
-    ``threshold``: ``"auto"``, ``"none"``/None or a probability; ``quantize``: None or ``"int8"`` (ONNX formats).
+    ``threshold``: ``"auto"``, ``"none"``/None or a probability; ``quantize``: None or ``"int8"`` (ONNX formats,
+    static int8 calibrated on the run's labeled images plus ``calibration_images``, e.g. the unlabeled pool);
+    ``ood``: ``"auto"``, ``"none"``/None or a limit on the autoencoder's OOD score (the score travels either way).
     """
     run_dir = Path(run_dir)
     if export_format not in EXPORT_FORMATS:
@@ -37,11 +40,13 @@ def export_run(run_dir: str | Path, export_format: str, out: str | Path | None =
     if quantize and export_format == "torchscript":
         raise ValueError("--quantize applies to ONNX models. Use --format onnx or bundle, or drop --quantize.")
     parse_threshold(threshold)
+    parse_ood_limit(ood)
     if not (run_dir / "model.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished run folder (no model.json). Pass a folder written by "
                                 "`fsl-app train`.")
     out = export_path(run_dir, export_format, out)
-    return WRITERS[export_format](prepare_export(run_dir, threshold=threshold), out, quantize=quantize)
+    exportable = prepare_export(run_dir, threshold=threshold, ood=ood, calibration_images=calibration_images)
+    return WRITERS[export_format](exportable, out, quantize=quantize)
 
 
 def export_path(run_dir: Path, export_format: str, out: str | Path | None) -> Path:

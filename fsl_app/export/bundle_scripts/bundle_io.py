@@ -35,14 +35,17 @@ def read_checked(folder: Path, name: str) -> bytes:
     return data
 
 
-def prediction(path, probabilities, classes: list, top_k: int, threshold) -> dict:
-    """One image's answer: the top_k classes, and "unknown" when the best probability is below ``threshold``."""
+def prediction(path, probabilities, classes: list, top_k: int, threshold, ood_score=None, ood_limit=None) -> dict:
+    """One image's answer: the top_k classes, and "unknown" when the best probability is below ``threshold`` or the
+    out-of-distribution score (autoencoder, when the model has one) is above ``ood_limit``."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     top = [{"label": classes[i], "probability": float(probabilities[i])}
            for i in np.argsort(-probabilities, kind="stable")[:top_k]]
     rejected = threshold is not None and top[0]["probability"] < threshold
-    return {"image": str(path), "label": "unknown" if rejected else top[0]["label"],
-            "probability": top[0]["probability"], "top_k": top}
+    rejected = rejected or (ood_limit is not None and ood_score is not None and float(ood_score) > ood_limit)
+    answer = {"image": str(path), "label": "unknown" if rejected else top[0]["label"],
+              "probability": top[0]["probability"], "top_k": top}
+    return answer if ood_score is None else {**answer, "ood_score": float(ood_score)}
 
 
 def draft_size(preprocessing: dict) -> tuple:

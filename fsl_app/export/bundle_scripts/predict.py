@@ -1,7 +1,8 @@
 """Classify images with this bundle, without fsl_app: python predict.py IMAGE [IMAGE ...]
 
 Needs only torch and timm (pip install torch timm). Prints a JSON list, one object per image, like
-`fsl-app predict --json`; below the threshold in config.json an image is labeled "unknown". Refuses to run when
+`fsl-app predict --json`; below the threshold in config.json (or, with an autoencoder and ``ood_limit``, above
+that limit of its OOD score) an image is labeled "unknown". Refuses to run when
 model.safetensors does not match the sha256 that config.json records.
 """
 import json
@@ -41,17 +42,41 @@ def head(x, spec, state):
     return torch.exp(-spec["gamma"] * squared.clamp_min(0)) @ state["head.coef"] + state["head.intercept"]
 
 
+def ood_score(x, spec, state):
+    """The autoencoder's out-of-distribution score, features (n, d) -> (n,): reconstruction error of the L2-normalized,
+    centred, scaled features, divided by the calibrated limit."""
+    def linear(x, name):
+        return torch.nn.functional.linear(x, state[f"ood.{name}.weight"], state[f"ood.{name}.bias"])
+
+    z = (x / x.norm(dim=1, keepdim=True).clamp_min(1e-12) - state["ood.center"]) / state["ood.scale"]
+    code = linear(torch.relu(linear(z, "encoder.0")), "encoder.2")
+    rebuilt = linear(torch.relu(linear(code, "decoder.0")), "decoder.2")
+    return ((rebuilt - z) ** 2).mean(1) / state["ood.limit"]
+
+
+def classify(model, images, config, state):
+    """(logits (n, C), OOD score (n,) or None) of a preprocessed batch (n, 3, H, W)."""
+    if not config.get("ood"):
+        return head(model(images), config["head"], state), None
+    if config["head"]["kind"] == "timm":  # fine-tuned: the autoencoder sees the pooled pre-logits features
+        features = model.forward_head(model.forward_features(images), pre_logits=True)
+        return model.get_classifier()(features), ood_score(features, config["ood"], state)
+    features = model(images)
+    return head(features, config["head"], state), ood_score(features, config["ood"], state)
+
+
 def main(paths, top_k=3):
     config = read_config(HERE)
-    state = load(read_checked(HERE, "model.safetensors"))  # backbone.* (timm model) and head.* (fsl_app head)
+    state = load(read_checked(HERE, "model.safetensors"))  # backbone.*, head.* (fsl_app head), ood.* (autoencoder)
     model, transform = backbone(config, state), timm.data.create_transform(**config["preprocessing"])
     classes, threshold, results = config["classes"], config["threshold"], []
     draft = draft_size(config["preprocessing"])
     for path in paths:
         with torch.inference_mode():
-            outputs = model(transform(load_rgb(path, draft))[None])
-            proba = torch.softmax(head(outputs, config["head"], state).float(), 1)[0]
-        results.append(prediction(path, proba.tolist(), classes, top_k, threshold))
+            logits, ood = classify(model, transform(load_rgb(path, draft))[None], config, state)
+            proba = torch.softmax(logits.float(), 1)[0]
+        results.append(prediction(path, proba.tolist(), classes, top_k, threshold,
+                                  None if ood is None else float(ood[0]), config.get("ood_limit")))
     print(json.dumps(results, ensure_ascii=False))
 
 

@@ -1,6 +1,7 @@
 """Classify images with model.onnx, without torch or fsl_app: python predict_onnx.py IMAGE...
 
-Needs onnxruntime, numpy and pillow. Class names, preprocessing and threshold come from the model's metadata.
+Needs onnxruntime, numpy and pillow. Class names, preprocessing and threshold come from the model's metadata; a
+second output ``ood_score`` (the autoencoder's) is reported and, with ``ood_limit`` set, rejects above it.
 Prints a JSON list, one object per image, like `fsl-app predict --json`. Refuses to run when model.onnx does not
 match the sha256 that config.json records.
 """
@@ -49,10 +50,12 @@ def main(paths, top_k=3):
     classes, threshold, results = meta["classes"], meta["threshold"], []
     draft = draft_size(meta)
     for path in paths:
-        logits = session.run(None, {session.get_inputs()[0].name: preprocess(load_rgb(path, draft), meta)[None]})[0][0]
+        outputs = session.run(None, {session.get_inputs()[0].name: preprocess(load_rgb(path, draft), meta)[None]})
+        logits = outputs[0][0]
+        ood_score = float(outputs[1][0]) if len(outputs) > 1 else None  # the autoencoder's score, when present
         proba = np.exp(logits - logits.max())
         proba /= proba.sum()
-        results.append(prediction(path, proba, classes, top_k, threshold))
+        results.append(prediction(path, proba, classes, top_k, threshold, ood_score, meta.get("ood_limit")))
     print(json.dumps(results, ensure_ascii=False))
 
 
