@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -113,17 +114,36 @@ def _trained(features: torch.Tensor, hidden: int, bottleneck: int, steps: int, s
     scale = max(math.sqrt(((unit - center) ** 2).sum(1).mean().item() / unit.shape[1]), 1e-6)
     model = FeatureAutoencoder(features.shape[1], hidden, min(bottleneck, max(1, len(features) - 1)),
                                center=center, scale=scale)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     prepared = model.prepare(features)
     generator = torch.Generator().manual_seed(seed)
+
+    def loss() -> torch.Tensor:
+        batch = prepared[torch.randint(len(prepared), (min(64, len(prepared)),), generator=generator)]
+        return ((model.decoder(model.encoder(batch)) - batch) ** 2).mean()
+
     with torch.enable_grad(), torch.inference_mode(False):
-        for _ in range(steps):
-            batch = prepared[torch.randint(len(prepared), (min(64, len(prepared)),), generator=generator)]
-            loss = ((model.decoder(model.encoder(batch)) - batch) ** 2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        adam_steps(list(model.parameters()), loss, steps, lr=1e-3, weight_decay=1e-4)
     return model.eval()
+
+
+def adam_steps(params: list[torch.Tensor], loss: Callable[[], torch.Tensor], steps: int, *, lr: float,
+               weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    """``steps`` steps of Adam (Kingma & Ba 2015; L2 ``weight_decay`` added to the gradient, as ``torch.optim.Adam``).
+
+    Written out because constructing any ``torch.optim`` optimizer imports ``torch._dynamo`` (about 1.5 s), longer
+    than this whole fit: a frozen-feature run would pay it for its autoencoder alone.
+    """
+    first = [torch.zeros_like(p) for p in params]
+    second = [torch.zeros_like(p) for p in params]
+    for step in range(1, steps + 1):
+        grads = torch.autograd.grad(loss(), params)
+        with torch.no_grad():
+            for param, grad, m, v in zip(params, grads, first, second):
+                grad = grad + weight_decay * param
+                m.mul_(betas[0]).add_(grad, alpha=1 - betas[0])
+                v.mul_(betas[1]).addcmul_(grad, grad, value=1 - betas[1])
+                denominator = (v / (1 - betas[1] ** step)).sqrt_().add_(eps)
+                param.addcdiv_(m, denominator, value=-lr / (1 - betas[0] ** step))
 
 
 def save_autoencoder(model: FeatureAutoencoder, directory: str | Path) -> None:
@@ -222,18 +242,23 @@ def fit_run_autoencoder(strategy, images, backbone, directory: str | Path, *, se
 
     from .strategies import FeatureStrategy
 
-    module = as_image_classifier(strategy.to_module().eval())
-    if len(images) < MIN_IMAGES or module is None:
+    if len(images) < MIN_IMAGES:
         return None
     started = time.perf_counter()
-    if isinstance(strategy, FeatureStrategy):
+    if isinstance(strategy, FeatureStrategy):  # cached features: neither the module nor timm is needed
         from .features import get_extractor
 
         features = get_extractor(backbone).extract(images)
     else:
         from .images import load_image
+        from .preprocess import draft_size
 
-        features = module_features(module, [load_image(r.path) for r in images.records], backbone.data_config)
+        module = as_image_classifier(strategy.to_module().eval())
+        if module is None:
+            return None
+        draft = draft_size(backbone.data_config)  # decoded as training and every predictor decode them
+        features = module_features(module, [load_image(r.path, draft=draft) for r in images.records],
+                                   backbone.data_config)
     save_autoencoder(fit_autoencoder(features, seed=seed), directory)
     return time.perf_counter() - started
 

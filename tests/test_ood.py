@@ -17,6 +17,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
 from conftest import make_digits_folder
+from fsl_app import ood
 from fsl_app.dataset import ImageSet
 from fsl_app.export import export_run, load_predictor
 from fsl_app.ood import (OOD_CONFIG, OOD_WEIGHTS, FeatureAutoencoder, fit_autoencoder, load_autoencoder,
@@ -147,3 +148,19 @@ def test_old_runs_without_an_autoencoder_keep_working(run_dir, queries, tmp_path
         export_run(old, "onnx", tmp_path / "old2.onnx", ood="auto")
     with pytest.raises(ValueError, match="--ood"):
         export_run(run_dir, "onnx", tmp_path / "bad.onnx", ood="-1")
+
+
+def test_adam_steps_match_torch_optim_adam():
+    """The autoencoder's written-out Adam (no torch._dynamo import) takes the steps torch.optim.Adam takes."""
+    torch.manual_seed(0)
+    x, target = torch.randn(16, 5), torch.randn(16, 2)
+    ours, reference = torch.nn.Linear(5, 2), torch.nn.Linear(5, 2)
+    reference.load_state_dict(ours.state_dict())
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, weight_decay=1e-3)
+    for _ in range(25):
+        optimizer.zero_grad()
+        ((reference(x) - target) ** 2).mean().backward()
+        optimizer.step()
+    ood.adam_steps(list(ours.parameters()), lambda: ((ours(x) - target) ** 2).mean(), 25, lr=1e-2, weight_decay=1e-3)
+    for mine, theirs in zip(ours.parameters(), reference.parameters()):
+        assert torch.allclose(mine, theirs, atol=1e-6)

@@ -22,9 +22,9 @@ import numpy as np
 from ..images import ImageError, load_image
 from ..preprocess import draft_size, eval_geometry, normalize_batch
 from .formats import UNKNOWN_LABEL, ModelFileError
-from .threshold import is_unknown
 from .metadata import (check_archive_intact, check_bundle_archive, check_checksum, check_export_info, first_line,
                        info_from_onnx_metadata, read_bundle_bytes, read_bundle_json, recorded_checksums)
+from .threshold import is_unknown
 
 MAX_RUN_ZIP_BYTES = 4 * 2**30  # uncompressed size of a run zip this command unpacks
 
