@@ -23,6 +23,8 @@ MAX_COLOUR_DIFFERENCE = 24  # of 255, per channel of the mean colour; re-encodin
 CANONICAL_SIZE = (32, 32)
 _LEGACY_FLAT_HASHES = frozenset({0x8000000000000000, 0})  # what phash gives every single-colour image
 _CHUNK = 256
+_QUERY_ROWS = 16_384  # hashes looked up at once: bounds the memory of one lookup
+_BLOCKS = 4  # 16-bit blocks of the 64-bit perceptual hash, for the multi-index search
 
 
 def perceptual_hash(image: Image.Image) -> str:
@@ -90,19 +92,69 @@ def near_duplicate_pairs(ids: Sequence[int], hashes: Sequence[str],
 
 def _alike_pairs(signatures: _Signatures, max_distance: int) -> dict[tuple[int, int], int]:
     """``{(row, col): Hamming distance, at least 1}`` for rows whose hashes and mean colours are close."""
-    phash, pairs = signatures.phash, {}
-    excluded = signatures.legacy_flat
+    rows, cols = close_pairs(signatures.phash, max_distance)
+    distance = np.bitwise_count(signatures.phash[rows] ^ signatures.phash[cols])
+    keep = ~signatures.legacy_flat[rows] & ~signatures.legacy_flat[cols]
+    both_known = signatures.known[rows] & signatures.known[cols]
+    colour_gap = np.abs(signatures.colour[rows] - signatures.colour[cols]).max(-1, initial=0)
+    keep &= ~both_known | (colour_gap <= MAX_COLOUR_DIFFERENCE)
+    rows, cols, distance = rows[keep], cols[keep], np.maximum(distance[keep], 1)
+    return dict(zip(zip(rows.tolist(), cols.tolist()), distance.tolist()))
+
+
+def close_pairs(phash: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every row pair ``(rows, cols)``, ``rows < cols``, once, whose hashes are at most ``max_distance`` bits apart.
+
+    Multi-index hashing (Norouzi, Punjani and Fleet, "Fast Search in Hamming Space with Multi-Index Hashing", CVPR
+    2012): the 64 bits are cut into :data:`_BLOCKS` blocks of 16; two hashes at most ``d`` apart differ in at least one
+    block by at most ``d // _BLOCKS`` bits (pigeonhole), so looking each hash's blocks (and their neighbours within
+    that radius) up in a sorted index finds every close pair among a few candidates instead of comparing all n^2
+    pairs. The same answer as comparing every pair (:func:`_all_close_pairs`). ``phash``: (n,) uint64.
+    """
+    n = len(phash)
+    radius = max_distance // _BLOCKS
+    if n <= _CHUNK or radius >= 2:  # few hashes, or a radius that makes the index slower than comparing all pairs
+        return _all_close_pairs(phash, max_distance)
+    masks = [0] + ([1 << bit for bit in range(16)] if radius == 1 else [])
+    found = []
+    for block in range(_BLOCKS):
+        keys = ((phash >> np.uint64(16 * block)) & np.uint64(0xFFFF)).astype(np.int64)
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        for mask in masks:
+            for start in range(0, n, _QUERY_ROWS):
+                rows, cols = _lookup(keys[start:start + _QUERY_ROWS] ^ mask, start, sorted_keys, order)
+                close = np.bitwise_count(phash[rows] ^ phash[cols]) <= max_distance
+                found.append(rows[close] * n + cols[close])
+    pairs = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)  # encoded row * n + col
+    return pairs // n, pairs % n
+
+
+def _lookup(query: np.ndarray, first_row: int, sorted_keys: np.ndarray,
+            order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs (row < col) with ``key[col] == query[row - first_row]``, found in the sorted index of the keys."""
+    start = np.searchsorted(sorted_keys, query, side="left")
+    counts = np.searchsorted(sorted_keys, query, side="right") - start
+    rows = np.repeat(np.arange(first_row, first_row + len(query), dtype=np.int64), counts)
+    offsets = np.arange(counts.sum(), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    cols = order[np.repeat(start, counts) + offsets]
+    keep = rows < cols
+    return rows[keep], cols[keep]
+
+
+def _all_close_pairs(phash: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every row pair within ``max_distance`` by comparing all pairs, in blocks of :data:`_CHUNK` rows."""
+    found_rows, found_cols = [], []
     for start in range(0, len(phash), _CHUNK):
         hamming = np.bitwise_count(phash[start:start + _CHUNK, None] ^ phash[None, start:])
         rows, cols = np.nonzero(hamming <= max_distance)
-        rows, cols, found = rows + start, cols + start, hamming[rows, cols]
-        keep = (cols > rows) & ~excluded[rows] & ~excluded[cols]
-        both_known = signatures.known[rows] & signatures.known[cols]
-        colour_gap = np.abs(signatures.colour[rows] - signatures.colour[cols]).max(-1, initial=0)
-        keep &= ~both_known | (colour_gap <= MAX_COLOUR_DIFFERENCE)
-        for row, col, distance in zip(rows[keep], cols[keep], found[keep], strict=True):
-            pairs[(int(row), int(col))] = max(int(distance), 1)
-    return pairs
+        rows, cols = rows + start, cols + start
+        keep = cols > rows
+        found_rows.append(rows[keep])
+        found_cols.append(cols[keep])
+    if not found_rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(found_rows).astype(np.int64), np.concatenate(found_cols).astype(np.int64)
 
 
 def _identical_pairs(signatures: _Signatures) -> dict[tuple[int, int], int]:
