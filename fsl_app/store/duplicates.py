@@ -119,22 +119,23 @@ def close_pairs(phash: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.nd
     found = []
     for block in range(_BLOCKS):
         keys = ((phash >> np.uint64(16 * block)) & np.uint64(0xFFFF)).astype(np.int64)
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
+        order = np.argsort(keys, kind="stable")  # row numbers grouped by key
+        bucket_start = np.concatenate([[0], np.cumsum(np.bincount(keys, minlength=1 << 16))])
         for mask in masks:
             for start in range(0, n, _QUERY_ROWS):
-                rows, cols = _lookup(keys[start:start + _QUERY_ROWS] ^ mask, start, sorted_keys, order)
+                rows, cols = _lookup(keys[start:start + _QUERY_ROWS] ^ mask, start, bucket_start, order)
                 close = np.bitwise_count(phash[rows] ^ phash[cols]) <= max_distance
                 found.append(rows[close] * n + cols[close])
     pairs = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)  # encoded row * n + col
     return pairs // n, pairs % n
 
 
-def _lookup(query: np.ndarray, first_row: int, sorted_keys: np.ndarray,
+def _lookup(query: np.ndarray, first_row: int, bucket_start: np.ndarray,
             order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row pairs (row < col) with ``key[col] == query[row - first_row]``, found in the sorted index of the keys."""
-    start = np.searchsorted(sorted_keys, query, side="left")
-    counts = np.searchsorted(sorted_keys, query, side="right") - start
+    """Row pairs (row < col) with ``key[col] == query[row - first_row]``: rows with key k are
+    ``order[bucket_start[k]:bucket_start[k + 1]]``."""
+    start = bucket_start[query]
+    counts = bucket_start[query + 1] - start
     rows = np.repeat(np.arange(first_row, first_row + len(query), dtype=np.int64), counts)
     offsets = np.arange(counts.sum(), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
     cols = order[np.repeat(start, counts) + offsets]
