@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import DEFAULT_BACKBONE
+from ..ray_predict import add_ray_arguments
 from .pools import (add_pool_arguments, check_pool_arguments, episode_setting_text, load_query_images,
                     note_ignored_pool, pool_text, training_pool)
 from ._args import UserError, parse_params
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch", metavar="DIR", default=None, help="predict every image under DIR")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--json", action="store_true")
+    add_ray_arguments(predict)
     predict.set_defaults(handler=cmd_predict)
 
     ui = commands.add_parser("ui", help="start the Streamlit studio (a password is required off loopback)")
@@ -187,6 +189,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    if args.ray is not None:
+        from ..ray_predict import run_from_cli
+
+        return run_from_cli(args)
     from ..export import load_predictor
     from ..images import is_image_name
     from ..store.names import printable

@@ -15,10 +15,10 @@ CHECKED_KEY = "shift-checked-state"  # the project state the user asked to check
 FURTHEST_SHOWN = 2 * _data_edit.GRID_COLUMNS
 
 
-def project_state(project, images) -> str:
+def project_state(project, labeled_by_sha256: dict[str, bool]) -> str:
     """A digest of what the check depends on: every image's sha256 and side, and the latest run's backbone."""
     digest = hashlib.sha256(str(project.path).encode())
-    for side, sha in sorted(("L" if image.label is not None else "U", image.sha256) for image in images):
+    for side, sha in sorted(("L" if labeled else "U", sha) for sha, labeled in labeled_by_sha256.items()):
         digest.update(f"{side}{sha}".encode())
     runs = run_tables.project_runs(project.path)
     backbone = (runs[0]["config"].get("backbone") or {}) if runs else {}
@@ -34,13 +34,13 @@ def cached_check(state: str, _project) -> shift_check.ShiftCheck:
 
 def shift_section(project) -> None:
     st.subheader("Domain shift")
-    images = project.images()
-    n_labeled = sum(image.label is not None for image in images)
-    problem = shift_check.missing_images_message(n_labeled, len(images) - n_labeled)
+    sides = project.labeled_by_sha256()
+    n_labeled = sum(sides.values())
+    problem = shift_check.missing_images_message(n_labeled, len(sides) - n_labeled)
     if problem:
         st.info(problem, icon=":material/info:")
         return
-    state = project_state(project, images)
+    state = project_state(project, sides)
     if st.button("Check the pool against the labeled images", key="shift-check", icon=":material/compare:"):
         st.session_state[CHECKED_KEY] = state
     if st.session_state.get(CHECKED_KEY) != state:

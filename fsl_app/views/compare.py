@@ -145,7 +145,7 @@ if not runs:
     st.info("No finished run yet. Train one first.")
     _nav.link(_nav.TRAIN, "Go to Train")
     st.stop()
-names = {image.sha256: image.source_name for image in project.images()}  # run folders know content paths only
+names = project.source_names()  # run folders know content paths only
 runs_table(runs)
 _compare_panel.comparison_section(runs, names)
 if any((run["metrics"] or {}).get("pool_size") for run in runs):  # runs that learned from the pool: is it shifted?
