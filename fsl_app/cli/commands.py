@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import DEFAULT_BACKBONE
+from ..distributed_train import add_devices_arguments
 from ..ray_predict import add_ray_arguments
 from .pools import (add_pool_arguments, check_pool_arguments, episode_setting_text, load_query_images,
                     note_ignored_pool, pool_text, training_pool)
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="print the final metrics as JSON, no progress bars")
     train.add_argument("--no-pool", action="store_true",
                        help="train without DATA_DIR's unlabeled images (pool-aware strategies use them by default)")
+    add_devices_arguments(train)
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="N-way K-shot episodes: mean accuracy and 95%% CI")
@@ -125,6 +127,10 @@ def _strategy_param_names(name: str) -> list[str]:
 
 
 def cmd_train(args) -> int:
+    if args.devices is not None:
+        from ..distributed_train import train_from_cli
+
+        return train_from_cli(args)
     from ..dataset import training_warnings
     from ..evaluation import metrics_warnings
     from ..intervals import format_accuracy
