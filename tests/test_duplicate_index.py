@@ -32,8 +32,8 @@ def test_index_finds_the_same_pairs_as_comparing_all(max_distance):
 def test_near_duplicate_pairs_are_unchanged_by_the_index(monkeypatch):
     """Full signatures (hash, mean colour, pixel digest) through the public function, index against all pairs."""
     rng = np.random.default_rng(7)
-    hashes = _hashes_with_planted_neighbours(1200, seed=11)
-    colours = rng.integers(0, 256, size=(40, 3))
+    hashes = _hashes_with_planted_neighbours(2500, seed=11)
+    colours = rng.integers(0, 226, size=(40, 3))
     signatures = [f"{int(h):016x}-{''.join(f'{c:02x}' for c in colours[i % 40] + (i % 3) * 10)}-"
                   f"{int(rng.integers(0, 400)):016x}" for i, h in enumerate(hashes)]
     ids = list(range(5, 5 + len(signatures)))

@@ -23,6 +23,7 @@ MAX_COLOUR_DIFFERENCE = 24  # of 255, per channel of the mean colour; re-encodin
 CANONICAL_SIZE = (32, 32)
 _LEGACY_FLAT_HASHES = frozenset({0x8000000000000000, 0})  # what phash gives every single-colour image
 _CHUNK = 256
+_SMALL = 2_048  # up to this many hashes, comparing all pairs is as fast as the index
 _QUERY_ROWS = 16_384  # hashes looked up at once: bounds the memory of one lookup
 _BLOCKS = 4  # 16-bit blocks of the 64-bit perceptual hash, for the multi-index search
 
@@ -113,7 +114,7 @@ def close_pairs(phash: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.nd
     """
     n = len(phash)
     radius = max_distance // _BLOCKS
-    if n <= _CHUNK or radius >= 2:  # few hashes, or a radius that makes the index slower than comparing all pairs
+    if n <= _SMALL or radius >= 2:  # few hashes, or a radius that makes the index slower than comparing all pairs
         return _all_close_pairs(phash, max_distance)
     masks = [0] + ([1 << bit for bit in range(16)] if radius == 1 else [])
     found = []
