@@ -19,8 +19,12 @@ def _hashes_with_planted_neighbours(n: int, seed: int, clusters: int = 40) -> np
     return hashes
 
 
+@pytest.mark.parametrize("crowded", [64, 3])  # 3: most block values are compared as dense blocks
 @pytest.mark.parametrize("max_distance", [0, 3, 4, 6, 7, 9])
-def test_index_finds_the_same_pairs_as_comparing_all(max_distance):
+def test_index_finds_the_same_pairs_as_comparing_all(max_distance, crowded, monkeypatch):
+    from fsl_app.store import duplicates
+
+    monkeypatch.setattr(duplicates, "_CROWDED", crowded)
     hashes = _hashes_with_planted_neighbours(3000, seed=max_distance)
     expected = set(zip(*(a.tolist() for a in _all_close_pairs(hashes, max_distance))))
     found = list(zip(*(a.tolist() for a in close_pairs(hashes, max_distance))))
@@ -43,3 +47,19 @@ def test_near_duplicate_pairs_are_unchanged_by_the_index(monkeypatch):
     monkeypatch.setattr(duplicates, "close_pairs", _all_close_pairs)
     exhaustive = near_duplicate_pairs(ids, signatures)
     assert indexed == exhaustive and len(indexed) > 50
+
+
+def test_signatures_parse_at_once_as_one_by_one():
+    from fsl_app.store.duplicates import _Signatures
+
+    rng = np.random.default_rng(3)
+    current = [f"{int(h):016x}-{int(c):06x}-{int(d):016x}" for h, c, d in
+               zip(rng.integers(0, 2**62, 50), rng.integers(0, 2**24, 50), rng.integers(0, 2**62, 50))]
+    current[3] = current[3].upper()
+    fast = _Signatures._parse_current(current)
+    assert fast is not None
+    slow = _Signatures._parse_each(current)
+    for field in ("phash", "colour", "digest", "known"):
+        assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
+    assert _Signatures._parse_current(current + ["8000000000000000"]) is None  # a legacy bare hash: one by one
+    assert _Signatures._parse_current([current[0][:-1] + "g"]) is None

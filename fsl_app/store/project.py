@@ -279,11 +279,16 @@ class Project:
             return {sha: bool(labeled) for sha, labeled in
                     conn.execute("SELECT sha256, class_id IS NOT NULL FROM images").fetchall()}
 
-    def labels_by_id(self) -> dict[int, str | None]:
-        """image id -> class name (None: unlabeled), for every image."""
+    def labels_by_id(self, image_ids: Iterable[int] | None = None) -> dict[int, str | None]:
+        """image id -> class name (None: unlabeled), for every image or for ``image_ids`` (unknown ids left out)."""
+        query = "SELECT i.id, c.name FROM images i LEFT JOIN classes c ON c.id = i.class_id"
         with self.read() as conn:
-            return dict(conn.execute("SELECT i.id, c.name FROM images i LEFT JOIN classes c ON c.id = i.class_id")
-                        .fetchall())
+            if image_ids is None:
+                return dict(conn.execute(query).fetchall())
+            labels = {}
+            for part in chunks(sorted({int(image_id) for image_id in image_ids})):
+                labels.update(conn.execute(f"{query} WHERE i.id IN ({','.join('?' * len(part))})", part).fetchall())
+            return labels
 
     def get_image(self, image_id: int) -> StoredImage:
         with self.read() as conn:

@@ -37,7 +37,7 @@ def project_stats(project: "Project", max_distance: int = NEAR_DUPLICATE_MAX_DIS
         skipped = int(conn.execute("SELECT value FROM meta WHERE key = 'duplicates_skipped'").fetchone()[0])
         n_images, n_labeled = conn.execute("SELECT COUNT(*), COUNT(class_id) FROM images").fetchone()
     pairs = project.near_duplicates(max_distance)
-    label_of = project.labels_by_id() if pairs else {}
+    label_of = project.labels_by_id(image_id for pair in pairs for image_id in pair[:2]) if pairs else {}
     cross = [pair for pair in pairs
              if label_of.get(pair[0]) and label_of.get(pair[1]) and label_of[pair[0]] != label_of[pair[1]]]
     stats = ProjectStats(
