@@ -35,7 +35,12 @@ def test_counts_and_pages_come_from_sql_and_agree_with_the_full_listing(project)
     assert [i.id for i in project.images(class_name="digit_2", limit=2, offset=4)] == \
         [i.id for i in project.images(class_name="digit_2")[4:]]
     assert project.labels_by_id() == {image.id: image.label for image in everything}
-    assert project.labeled_by_sha256() == {image.sha256: image.label is not None for image in everything}
+    fingerprint = project.sides_fingerprint()
+    first = everything[0]
+    project.set_labels([first.id], None if first.label else "digit_0")
+    assert project.sides_fingerprint() != fingerprint
+    project.undo_last_label_change()
+    assert project.sides_fingerprint() == fingerprint
     assert project.source_names() == {image.sha256: image.source_name for image in everything}
 
 

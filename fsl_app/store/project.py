@@ -273,11 +273,13 @@ class Project:
         with self.read() as conn:
             return dict(conn.execute("SELECT sha256, source_name FROM images").fetchall())
 
-    def labeled_by_sha256(self) -> dict[str, bool]:
-        """sha256 -> whether the image is labeled, for every image (one light query)."""
+    def sides_fingerprint(self) -> str:
+        """Changes whenever an image is added, deleted, labeled or unlabeled (ids are never reused): counts and id
+        totals of the labeled and the unlabeled images, from one aggregate query."""
         with self.read() as conn:
-            return {sha: bool(labeled) for sha, labeled in
-                    conn.execute("SELECT sha256, class_id IS NOT NULL FROM images").fetchall()}
+            row = conn.execute("SELECT COUNT(*), TOTAL(id), MAX(id), COUNT(class_id), "
+                               "TOTAL(CASE WHEN class_id IS NULL THEN id END) FROM images").fetchone()
+        return "-".join(str(value) for value in row)
 
     def labels_by_id(self, image_ids: Iterable[int] | None = None) -> dict[int, str | None]:
         """image id -> class name (None: unlabeled), for every image or for ``image_ids`` (unknown ids left out)."""

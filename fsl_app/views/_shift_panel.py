@@ -15,11 +15,11 @@ CHECKED_KEY = "shift-checked-state"  # the project state the user asked to check
 FURTHEST_SHOWN = 2 * _data_edit.GRID_COLUMNS
 
 
-def project_state(project, labeled_by_sha256: dict[str, bool]) -> str:
-    """A digest of what the check depends on: every image's sha256 and side, and the latest run's backbone."""
+def project_state(project) -> str:
+    """A digest of what the check depends on: which images are labeled and unlabeled, and the latest run's
+    backbone (from aggregate queries: a 100,000-image project hashes in milliseconds)."""
     digest = hashlib.sha256(str(project.path).encode())
-    for side, sha in sorted(("L" if labeled else "U", sha) for sha, labeled in labeled_by_sha256.items()):
-        digest.update(f"{side}{sha}".encode())
+    digest.update(project.sides_fingerprint().encode())
     runs = run_tables.project_runs(project.path)
     backbone = (runs[0]["config"].get("backbone") or {}) if runs else {}
     digest.update(f"{backbone.get('name')}|{backbone.get('weights')}".encode())
@@ -34,13 +34,12 @@ def cached_check(state: str, _project) -> shift_check.ShiftCheck:
 
 def shift_section(project) -> None:
     st.subheader("Domain shift")
-    sides = project.labeled_by_sha256()
-    n_labeled = sum(sides.values())
-    problem = shift_check.missing_images_message(n_labeled, len(sides) - n_labeled)
+    n_labeled, n_unlabeled = project.count_images(labeled=True), project.count_images(labeled=False)
+    problem = shift_check.missing_images_message(n_labeled, n_unlabeled)
     if problem:
         st.info(problem, icon=":material/info:")
         return
-    state = project_state(project, sides)
+    state = project_state(project)
     if st.button("Check the pool against the labeled images", key="shift-check", icon=":material/compare:"):
         st.session_state[CHECKED_KEY] = state
     if st.session_state.get(CHECKED_KEY) != state:
