@@ -13,6 +13,7 @@ bench:
 	$(PYTHON) $(BENCH)/bench_fewshot_digits.py --quick
 	$(PYTHON) $(BENCH)/bench_shift.py --quick
 	$(PYTHON) $(BENCH)/bench_label_errors.py --quick
+	$(PYTHON) $(BENCH)/bench_scale.py --quick
 	$(PYTHON) $(BENCH)/bench_gpu.py
 	$(PYTHON) $(BENCH)/collect.py
 
@@ -25,6 +26,7 @@ bench-full:
 	$(PYTHON) $(BENCH)/bench_fewshot_digits.py
 	$(PYTHON) $(BENCH)/bench_shift.py
 	$(PYTHON) $(BENCH)/bench_label_errors.py
+	$(PYTHON) $(BENCH)/bench_scale.py
 	$(PYTHON) $(BENCH)/bench_gpu.py
 	$(PYTHON) $(BENCH)/collect.py
 
