@@ -84,8 +84,10 @@ def list_images(folder: str | Path) -> list[str]:
 def predict_folder_ray(model: str | Path, folder: str | Path, out: str | Path, *, address: str | None = None,
                        actors: int | None = None, gpus_per_actor: float = 0, batch_size: int = 64, top_k: int = 3,
                        part_rows: int = PART_ROWS, connect_timeout: float = CONNECT_TIMEOUT_S,
-                       on_progress: Callable[[int, int], None] | None = None) -> RayPredictReport:
-    """Score every image under ``folder`` not yet in ``out`` on Ray; write ``out`` (.parquet or .csv)."""
+                       on_progress: Callable[[int, int], None] | None = None,
+                       scorer: type = ImageScorer) -> RayPredictReport:
+    """Score every image under ``folder`` not yet in ``out`` on Ray; write ``out`` (.parquet or .csv).
+    ``scorer``: the callable class each actor holds (:class:`ImageScorer`, or a subclass)."""
     out = Path(out)
     _output_format(out)
     model = str(Path(model).resolve())
@@ -95,20 +97,20 @@ def predict_folder_ray(model: str | Path, folder: str | Path, out: str | Path, *
     if todo:
         ray = connect(address, connect_timeout)
         _score(ray, model, todo, out, actors=actors, gpus_per_actor=gpus_per_actor, batch_size=batch_size,
-               top_k=top_k, part_rows=part_rows, on_progress=on_progress)
+               top_k=top_k, part_rows=part_rows, on_progress=on_progress, scorer=scorer)
     table = merge_parts(out)
     errors = int((table["error"] != "").sum()) if len(table) else 0
     return RayPredictReport(out, len(paths), len(todo), len(paths) - len(todo), errors)
 
 
 def _score(ray, model: str, todo: Sequence[str], out: Path, *, actors, gpus_per_actor, batch_size, top_k,
-           part_rows, on_progress) -> None:
+           part_rows, on_progress, scorer) -> None:
     from ray.data import ActorPoolStrategy
 
     pool_size = actors or max(1, int(ray.available_resources().get("CPU", 1)))
     dataset = ray.data.from_items([{"image": path} for path in todo],
                                   override_num_blocks=max(1, min(1000, math.ceil(len(todo) / batch_size))))
-    predictions = dataset.map_batches(ImageScorer, fn_constructor_kwargs={"model": model, "top_k": top_k},
+    predictions = dataset.map_batches(scorer, fn_constructor_kwargs={"model": model, "top_k": top_k},
                                       batch_size=batch_size, compute=ActorPoolStrategy(min_size=1, max_size=pool_size),
                                       num_gpus=gpus_per_actor or None, batch_format="numpy")
     written = 0

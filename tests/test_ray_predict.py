@@ -100,6 +100,39 @@ def test_an_interrupted_run_resumes_with_each_image_once_and_matches_the_local_p
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scored"] == 0
 
 
+class DyingScorer(ray_predict.ImageScorer):
+    """Kills its Ray worker process in the middle of its second batch, once (a marker file remembers)."""
+
+    marker: str = ""
+
+    def __init__(self, model: str, top_k: int = 3):
+        super().__init__(model, top_k)
+        self.calls = 0
+
+    def __call__(self, batch: dict) -> dict:
+        import os
+
+        self.calls += 1
+        if self.calls == 2 and not Path(self.marker).exists():
+            Path(self.marker).write_text("died")
+            os._exit(1)
+        return super().__call__(batch)
+
+
+def test_a_worker_that_dies_mid_run_loses_no_image_and_scores_none_twice(local_ray, onnx_model, image_folder,
+                                                                         local_rows, tmp_path):
+    import sys
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    DyingScorer.marker = str(tmp_path / "died")
+    out = tmp_path / "scores.parquet"
+    report = ray_predict.predict_folder_ray(onnx_model, image_folder, out, actors=1, batch_size=4, part_rows=4,
+                                            scorer=DyingScorer)
+    assert (tmp_path / "died").exists(), "the worker never died: the test proved nothing"
+    assert report.n_scored == 31
+    _assert_same(ray_predict.read_predictions(out), local_rows)
+
+
 def test_parts_merge_into_parquet_once_per_image(local_rows, tmp_path):
     import pandas as pd
 
