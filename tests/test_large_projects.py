@@ -91,3 +91,10 @@ def test_the_embedding_map_samples_a_big_run_and_says_so(project):
     assert {p["path"] for p in sampled.points} <= {r["path"] for r in records}
     assert all(p["correct"] is True for p in sampled.points)
     assert np.isfinite([p["x"] for p in sampled.points]).all()
+
+
+def test_the_shift_check_can_test_a_sample_of_a_big_pool(project, tiny_backbone):
+    from fsl_app.shift_check import check_project_shift
+
+    check = check_project_shift(project, backbone_name="test_efficientnet", permutations=50, max_pool=4)
+    assert check.n_target == 4 and check.report is not None

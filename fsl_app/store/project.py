@@ -325,18 +325,20 @@ class Project:
                            sample: int | None = None) -> tuple[ImageSet, list[int]]:
         """An ImageSet and the image id of each record, from one consistent read. ``sample``: at most that many
         images, a seeded random draw (the same for the same images), in id order."""
-        images = self.images(labeled=labeled) if sample is None else self._sampled_images(labeled, sample)
+        images = self.images(labeled=labeled) if sample is None else self.sample_images(labeled=labeled, size=sample)
         records = [ImageRecord(path=image.path, sha256=image.sha256, label=image.label) for image in images]
         return ImageSet(records), [image.id for image in images]
 
-    def _sampled_images(self, labeled: bool | None, sample: int) -> list[StoredImage]:
+    def sample_images(self, *, labeled: bool | None = None, size: int) -> list[StoredImage]:
+        """At most ``size`` images, in id order: all of them when there are no more, else a random draw seeded by
+        their number (the same draw while the images stay the same)."""
         import numpy as np
 
         where, params = self._image_filter(labeled, None)
         with self.read() as conn:
             ids = np.array([row[0] for row in conn.execute(f"SELECT i.id FROM images i {where}", params)], np.int64)
-            if len(ids) > sample:
-                ids = np.sort(np.random.default_rng(len(ids)).choice(ids, size=sample, replace=False))
+            if len(ids) > size:
+                ids = np.sort(np.random.default_rng(len(ids)).choice(ids, size=size, replace=False))
             rows = []
             for part in chunks(ids.tolist()):
                 rows += conn.execute(f"SELECT {_IMAGE_COLUMNS} FROM images i LEFT JOIN classes c ON "

@@ -13,6 +13,7 @@ from fsl_app.views import _data_edit, _shared
 
 CHECKED_KEY = "shift-checked-state"  # the project state the user asked to check
 FURTHEST_SHOWN = 2 * _data_edit.GRID_COLUMNS
+MAX_POOL = 2_000  # pool images tested: a bigger pool is sampled (features of every image would take too long)
 
 
 def project_state(project) -> str:
@@ -29,7 +30,7 @@ def project_state(project) -> str:
 @st.cache_data(max_entries=8, show_spinner=False)
 def cached_check(state: str, _project) -> shift_check.ShiftCheck:
     """The project's shift check; ``state`` (:func:`project_state`) is the cache key, the project is not hashed."""
-    return shift_check.check_project_shift(_project, n_furthest=FURTHEST_SHOWN)
+    return shift_check.check_project_shift(_project, n_furthest=FURTHEST_SHOWN, max_pool=MAX_POOL)
 
 
 def shift_section(project) -> None:
@@ -65,6 +66,9 @@ def show_check(project, check: shift_check.ShiftCheck) -> None:
                    "images may do worse on it: label some of the images below.", icon=":material/warning:")
     else:
         st.success(f"The pool looks like the labeled images: {check.message}.", icon=":material/check:")
+    n_pool = project.count_images(labeled=False)
+    if check.n_target < n_pool:
+        st.caption(f"Tested on a random sample of {check.n_target:,} of the {n_pool:,} unlabeled images.")
     st.caption(f"{check.n_target} unlabeled vs {check.n_labeled} labeled images, on {check.backbone} features "
                f"({check.backbone_origin}). Furthest pool images first; score = distance to the nearest labeled "
                "images over the labeled images' own spacing (about 1: as close as they are to each other).")
