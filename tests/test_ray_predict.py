@@ -75,31 +75,6 @@ def _assert_same(table, local_rows: dict[str, dict]) -> None:
                 [t["label"] for t in json.loads(expected["top_k"])]
 
 
-def test_an_interrupted_run_resumes_with_each_image_once_and_matches_the_local_path(
-        local_ray, onnx_model, image_folder, local_rows, tmp_path, capsys):
-    """A run that died after writing two parts (and a half-written temp file) resumes with the rest only, through
-    the CLI; its predictions are the local path's; a rerun scores nothing. One Ray Data run, one actor: Ray workers
-    start slowly on a 2-core machine."""
-    import pandas as pd
-
-    from fsl_app.cli import main
-
-    out = tmp_path / "scores.csv"
-    done = pd.DataFrame(list(local_rows.values())[:10])
-    ray_predict.write_part(out, done.iloc[:6])
-    ray_predict.write_part(out, done.iloc[6:])
-    (ray_predict.parts_folder(out) / ".tmp-killed.tmp").write_bytes(b"PAR1 half")  # what a kill mid-write leaves
-    command = ["predict", str(onnx_model), "--batch", str(image_folder), "--ray", "--out", str(out), "--json",
-               "--ray-actors", "1"]
-    assert main(command) == 1  # one unreadable file
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary == {"out": str(out), "images": 31, "scored": 21, "resumed": 10, "errors": 1}
-    assert not ray_predict.parts_folder(out).exists()
-    _assert_same(ray_predict.read_predictions(out), local_rows)
-    assert main(command) == 1
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scored"] == 0
-
-
 class DyingScorer(ray_predict.ImageScorer):
     """Kills its Ray worker process in the middle of its second batch, once (a marker file remembers)."""
 
@@ -119,18 +94,34 @@ class DyingScorer(ray_predict.ImageScorer):
         return super().__call__(batch)
 
 
-def test_a_worker_that_dies_mid_run_loses_no_image_and_scores_none_twice(local_ray, onnx_model, image_folder,
-                                                                         local_rows, tmp_path):
+def test_an_interrupted_run_resumes_with_each_image_once_though_a_worker_dies(local_ray, onnx_model, image_folder,
+                                                                                 local_rows, tmp_path, capsys):
+    """A run that died after writing two parts (and a half-written temp file) resumes with the rest only; a worker
+    killed mid-run is replaced and its batch scored again; the predictions are the local path's, each image once;
+    a rerun through the CLI scores nothing. One Ray Data run, one actor: Ray workers start slowly on 2 cores."""
     import sys
 
+    import pandas as pd
+
+    from fsl_app.cli import main
+
+    out = tmp_path / "scores.csv"
+    done = pd.DataFrame(list(local_rows.values())[:10])
+    ray_predict.write_part(out, done.iloc[:6])
+    ray_predict.write_part(out, done.iloc[6:])
+    (ray_predict.parts_folder(out) / ".tmp-killed.tmp").write_bytes(b"PAR1 half")  # what a kill mid-write leaves
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
     DyingScorer.marker = str(tmp_path / "died")
-    out = tmp_path / "scores.parquet"
     report = ray_predict.predict_folder_ray(onnx_model, image_folder, out, actors=1, batch_size=4, part_rows=4,
                                             scorer=DyingScorer)
     assert (tmp_path / "died").exists(), "the worker never died: the test proved nothing"
-    assert report.n_scored == 31
+    assert (report.n_images, report.n_scored, report.n_resumed, report.n_errors) == (31, 21, 10, 1)
+    assert not ray_predict.parts_folder(out).exists()
     _assert_same(ray_predict.read_predictions(out), local_rows)
+    command = ["predict", str(onnx_model), "--batch", str(image_folder), "--ray", "--out", str(out), "--json"]
+    assert main(command) == 1  # one unreadable file
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary == {"out": str(out), "images": 31, "scored": 0, "resumed": 31, "errors": 1}
 
 
 def test_parts_merge_into_parquet_once_per_image(local_rows, tmp_path):
