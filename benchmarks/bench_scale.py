@@ -3,8 +3,8 @@ each studio page takes to answer.
 
 Data (made here, no download): synthetic 32 px RGB PNGs, each a scikit-learn digit (8 px, bilinear upscale) shifted
 by up to 4 px, tinted, on a random background, with Gaussian noise (sd 12); a tenth of them sit in their digit's
-class folder (labeled, at most 2,500), the rest are loose (the unlabeled pool). Every image is different (sha256) and few are near
-duplicates, like a real folder of photos.
+class folder (labeled, at most 2,500), the rest are loose (the unlabeled pool). Every image is different (sha256);
+some are near duplicates (same digit, same shift, similar colours), as in a real folder of photos.
 
 Steps, each in a fresh process (its peak RSS, ``resource.getrusage``, is the step's memory with the interpreter and
 libraries it needs; "own" is the peak less the RSS just before the step):
@@ -54,7 +54,7 @@ TINY_BACKBONE = "test_efficientnet"
 EXHAUSTIVE_UP_TO = 10_000
 
 
-# --- data ---------------------------------------------------------------------------------------------------------------
+# --- data -----------------------------------------------------------------------------------------------------------
 
 def synthetic_folder(n: int, seed: int = 0) -> Path:
     """n synthetic digit images as an ImageFolder tree: 10 % in class folders, the rest loose (unlabeled)."""
@@ -293,8 +293,8 @@ def report(sizes: list[int], results: dict, info: dict, generate_seconds: dict) 
               "measured": f"{worst_page:.2f} s", "verdict": "met" if worst_page < 2 else "missed"}]
     embedding = results[largest]["embedding-map"]
     sections = [
-        "Synthetic 32 px digit images (10 % labeled in 10 classes, at most 2,500, the rest the unlabeled pool); every step in a "
-        "fresh process; peak = the process's peak RSS (interpreter and libraries included), own = peak less the RSS "
+        "Synthetic 32 px digit images (10 % labeled in 10 classes, at most 2,500, the rest the unlabeled pool); every "
+        "step in a fresh process; peak = the process's peak RSS (interpreter and libraries included), own = peak less the RSS "
         "before the step. `train`, `suggest` and `embedding-map` use timm's tiny random `test_efficientnet` "
         "(extracting 100k images with the default backbone on 2 CPUs takes hours): they measure the store and the "
         "app around the backbone, and the three data sets share their first images (one seed), so these steps hit the "

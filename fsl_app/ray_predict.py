@@ -142,7 +142,8 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S):
         ray.init(address=address, log_to_driver=False)
     except (ConnectionError, RuntimeError, TimeoutError) as error:
         raise RayPredictError(f"cannot join the Ray cluster at {address!r} ({error}). Start one with `ray start "
-                              "--head` on the head node, or pass its address (host:6379 or ray://host:10001).") from error
+                              "--head` on the head node, or pass its address (host:6379 or ray://host:10001)."
+                              ) from error
     return ray
 
 
