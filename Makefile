@@ -15,6 +15,7 @@ bench:
 	$(PYTHON) $(BENCH)/bench_label_errors.py --quick
 	$(PYTHON) $(BENCH)/bench_startup.py --quick
 	$(PYTHON) $(BENCH)/bench_photos.py --quick
+	$(PYTHON) $(BENCH)/bench_scale.py --quick
 	$(PYTHON) $(BENCH)/bench_gpu.py
 	$(PYTHON) $(BENCH)/collect.py
 
@@ -29,6 +30,7 @@ bench-full:
 	$(PYTHON) $(BENCH)/bench_label_errors.py
 	$(PYTHON) $(BENCH)/bench_startup.py
 	$(PYTHON) $(BENCH)/bench_photos.py
+	$(PYTHON) $(BENCH)/bench_scale.py
 	$(PYTHON) $(BENCH)/bench_gpu.py
 	$(PYTHON) $(BENCH)/collect.py
 

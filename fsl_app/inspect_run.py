@@ -15,6 +15,7 @@ from .projection import project_2d
 from .runs import load_run
 
 HELD_OUT, TRAINING_ONLY = "held-out (evaluated)", "training only"
+MAX_MAP_POINTS = 2_000  # embedding, projecting and drawing more points takes seconds and shows no more structure
 
 
 def fitted_strategy(run_dir: str | Path):
@@ -43,15 +44,23 @@ class EmbeddingMap:
     note: str = ""
 
 
-def embedding_map(strategy, run: dict, method: str = "pca", *, seed: int = 0,
-                  names: dict[str, str] | None = None) -> EmbeddingMap:
+def embedding_map(strategy, run: dict, method: str = "pca", *, seed: int = 0, names: dict[str, str] | None = None,
+                  max_points: int = MAX_MAP_POINTS) -> EmbeddingMap:
     """2-D map of ``strategy.embed`` of the run's images, plus the strategy's own ``map_points()`` (e.g. ProtoNet's
-    prototypes). ``names`` maps sha256 to the file name shown on hover (default: the stored file name)."""
+    prototypes). ``names`` maps sha256 to the file name shown on hover (default: the stored file name). A run of
+    more than ``max_points`` images is shown by a seeded random sample of them, and the map's note says so."""
     import numpy as np
 
     images = run_image_set(run)
     if len(images) == 0:
         return EmbeddingMap([], method, "The images of this run are no longer on disk.")
+    index = np.arange(len(images))
+    note = ""
+    if len(images) > max_points:
+        index = np.sort(np.random.default_rng(seed).choice(len(images), size=max_points, replace=False))
+        note = (f"The map shows a random sample of {max_points:,} of the run's {len(images):,} images: embedding "
+                "and projecting every one would take too long.")
+        images = images.subset(index)
     vectors = strategy.embed(images).detach().float().cpu().numpy()
     extra = [(role, label, _as_array(vector)) for role, label, vector in strategy.map_points()]
     stacked = np.concatenate([vectors, np.stack([v for _, _, v in extra])]) if extra else vectors
@@ -59,12 +68,13 @@ def embedding_map(strategy, run: dict, method: str = "pca", *, seed: int = 0,
     outcome = {p["index"]: p["true"] == p["predicted"] for p in run.get("predictions") or []}
     points = [{"x": float(xy[i, 0]), "y": float(xy[i, 1]), "label": images[i].label,
                "file": (names or {}).get(images[i].sha256, images[i].path.name), "path": str(images[i].path),
-               "role": HELD_OUT if i in outcome else TRAINING_ONLY, "correct": outcome.get(i)}
+               "role": HELD_OUT if int(index[i]) in outcome else TRAINING_ONLY,
+               "correct": outcome.get(int(index[i]))}
               for i in range(len(images))]
     points += [{"x": float(xy[len(images) + j, 0]), "y": float(xy[len(images) + j, 1]), "label": label,
                 "file": f"{role} of {label}", "path": None, "role": role, "correct": None}
                for j, (role, label, _) in enumerate(extra)]
-    return EmbeddingMap(points, method)
+    return EmbeddingMap(points, method, note)
 
 
 def _as_array(vector):

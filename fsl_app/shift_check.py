@@ -81,17 +81,21 @@ def missing_images_message(n_labeled: int, n_target: int, target: str = POOL) ->
 
 def check_project_shift(project, *, backbone_name: str | None = None, weights: str = "auto",
                         target_paths: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
-                        seed: int = 0, permutations: int = 500, n_furthest: int = 10) -> ShiftCheck:
+                        seed: int = 0, permutations: int = 500, n_furthest: int = 10,
+                        max_pool: int | None = None) -> ShiftCheck:
     """Test whether the project's labeled images and its unlabeled pool (or the images under ``target_paths``:
     a folder, or image files and folders) come from the same distribution, on frozen backbone features.
 
     ``backbone_name`` None: the backbone (and weights) of the project's latest run, else the default backbone;
     ``weights`` applies to a named backbone ("auto" means random for timm's tiny test models).
     Fewer than 2 images on a side gives a ShiftCheck without a report whose ``message`` says what to add.
+    ``max_pool``: test a seeded random sample of at most that many pool images (a 100,000-image pool would mean
+    extracting the features of every one).
     """
     labeled = project.image_set(labeled_only=True)
     if target_paths is None:
-        pool = project.images(labeled=False)
+        pool = project.images(labeled=False) if max_pool is None else project.sample_images(labeled=False,
+                                                                                             size=max_pool)
         target_name = POOL
         target = ImageSet(ImageRecord(path=image.path, sha256=image.sha256) for image in pool)
         rows = [(str(image.path), image.source_name, image.id) for image in pool]

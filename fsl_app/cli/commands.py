@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import DEFAULT_BACKBONE
+from ..distributed_train import add_devices_arguments
+from ..ray_predict import add_ray_arguments
 from .pools import (add_pool_arguments, check_pool_arguments, episode_setting_text, load_query_images,
                     note_ignored_pool, pool_text, training_pool)
 from ._args import UserError, parse_params
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also forecast the accuracy with more images per class (always part of --json)")
     train.add_argument("--no-pool", action="store_true",
                        help="train without DATA_DIR's unlabeled images (pool-aware strategies use them by default)")
+    add_devices_arguments(train)
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="N-way K-shot episodes: mean accuracy and 95%% CI")
@@ -80,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch", metavar="DIR", default=None, help="predict every image under DIR")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--json", action="store_true")
+    add_ray_arguments(predict)
     predict.set_defaults(handler=cmd_predict)
 
     ui = commands.add_parser("ui", help="start the Streamlit studio (a password is required off loopback)")
@@ -131,6 +135,10 @@ def _strategy_param_names(name: str) -> list[str]:
 
 
 def cmd_train(args) -> int:
+    if args.devices is not None:
+        from ..distributed_train import train_from_cli
+
+        return train_from_cli(args)
     from ..dataset import training_warnings
     from ..evaluation import metrics_warnings
     from ..intervals import format_accuracy
@@ -204,6 +212,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    if args.ray is not None:
+        from ..ray_predict import run_from_cli
+
+        return run_from_cli(args)
     from ..export.loading import open_predictor  # .onnx and bundles: onnxruntime + numpy + pillow, no torch
     from ..images import is_image_name
     from ..store.names import printable

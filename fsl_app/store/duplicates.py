@@ -23,6 +23,15 @@ MAX_COLOUR_DIFFERENCE = 24  # of 255, per channel of the mean colour; re-encodin
 CANONICAL_SIZE = (32, 32)
 _LEGACY_FLAT_HASHES = frozenset({0x8000000000000000, 0})  # what phash gives every single-colour image
 _CHUNK = 256
+_SIGNATURE_LENGTH = 40  # 16 + 1 + 6 + 1 + 16
+_HEX_VALUE = np.full(256, 255, dtype=np.uint8)
+_HEX_VALUE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16)
+_HEX_VALUE[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+_SMALL = 2_048  # up to this many hashes, comparing all pairs is as fast as the index
+_CROWDED = 64  # rows sharing one block value beyond which they are compared as a dense block
+_DENSE_CELLS = 1 << 22  # hash pairs compared at once in a dense block (32 MiB of uint64)
+_QUERY_ROWS = 16_384  # hashes looked up at once: bounds the memory of one lookup
+_BLOCKS = 4  # 16-bit blocks of the 64-bit perceptual hash, for the multi-index search
 
 
 def perceptual_hash(image: Image.Image) -> str:
@@ -57,6 +66,28 @@ class _Signatures:
 
     @classmethod
     def parse(cls, hashes: Sequence[str]) -> "_Signatures":
+        parsed = cls._parse_current(hashes)
+        return parsed if parsed is not None else cls._parse_each(hashes)
+
+    @classmethod
+    def _parse_current(cls, hashes: Sequence[str]) -> "_Signatures | None":
+        """All signatures in the current 40-character format at once (100,000 in a few ms); None otherwise."""
+        if not len(hashes) or not all(isinstance(value, str) and len(value) == _SIGNATURE_LENGTH for value in hashes):
+            return None
+        raw = np.frombuffer("".join(hashes).encode("ascii", errors="replace"), np.uint8).reshape(-1, _SIGNATURE_LENGTH)
+        nibbles = _HEX_VALUE[raw].astype(np.uint64)  # (n, 40); dashes and other characters are 255
+        dashes = raw[:, [16, 23]] == ord("-")
+        digits = np.delete(nibbles, [16, 23], axis=1)
+        if not dashes.all() or (digits == 255).any():
+            return None
+        weights = np.uint64(16) ** np.arange(15, -1, -1, dtype=np.uint64)
+        phash = (nibbles[:, :16] * weights).sum(1, dtype=np.uint64)
+        colour = (nibbles[:, 17:23:2] * 16 + nibbles[:, 18:23:2]).astype(np.int16)
+        digest = (nibbles[:, 24:] * weights).sum(1, dtype=np.uint64)
+        return cls(phash, colour, digest, np.ones(len(raw), dtype=bool))
+
+    @classmethod
+    def _parse_each(cls, hashes: Sequence[str]) -> "_Signatures":
         parts = [str(value).split("-") for value in hashes]
         known = np.array([len(part) == 3 for part in parts], dtype=bool)
         phash = np.array([int(part[0], 16) for part in parts], dtype=np.uint64)
@@ -90,19 +121,99 @@ def near_duplicate_pairs(ids: Sequence[int], hashes: Sequence[str],
 
 def _alike_pairs(signatures: _Signatures, max_distance: int) -> dict[tuple[int, int], int]:
     """``{(row, col): Hamming distance, at least 1}`` for rows whose hashes and mean colours are close."""
-    phash, pairs = signatures.phash, {}
-    excluded = signatures.legacy_flat
+    rows, cols = close_pairs(signatures.phash, max_distance)
+    distance = np.bitwise_count(signatures.phash[rows] ^ signatures.phash[cols])
+    keep = ~signatures.legacy_flat[rows] & ~signatures.legacy_flat[cols]
+    both_known = signatures.known[rows] & signatures.known[cols]
+    colour_gap = np.abs(signatures.colour[rows] - signatures.colour[cols]).max(-1, initial=0)
+    keep &= ~both_known | (colour_gap <= MAX_COLOUR_DIFFERENCE)
+    rows, cols, distance = rows[keep], cols[keep], np.maximum(distance[keep], 1)
+    return dict(zip(zip(rows.tolist(), cols.tolist()), distance.tolist()))
+
+
+def close_pairs(phash: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every row pair ``(rows, cols)``, ``rows < cols``, once, whose hashes are at most ``max_distance`` bits apart.
+
+    Multi-index hashing (Norouzi, Punjani and Fleet, "Fast Search in Hamming Space with Multi-Index Hashing", CVPR
+    2012): the 64 bits are cut into :data:`_BLOCKS` blocks of 16; two hashes at most ``d`` apart differ in at least one
+    block by at most ``d // _BLOCKS`` bits (pigeonhole), so looking each hash's blocks (and their neighbours within
+    that radius) up in an index of the block values finds every close pair among a few candidates instead of
+    comparing all n^2 pairs. Real hashes crowd into some block values (photos on plain backgrounds, centred
+    objects): those crowded values are compared as dense blocks instead of pair lists. The same answer as comparing
+    every pair (:func:`_all_close_pairs`). ``phash``: (n,) uint64.
+    """
+    n = len(phash)
+    radius = max_distance // _BLOCKS
+    if n <= _SMALL or radius >= 2:  # few hashes, or a radius that makes the index slower than comparing all pairs
+        return _all_close_pairs(phash, max_distance)
+    masks = np.array([0] + ([1 << bit for bit in range(16)] if radius == 1 else []), dtype=np.int64)
+    found = []
+    for block in range(_BLOCKS):
+        keys = ((phash >> np.uint64(16 * block)) & np.uint64(0xFFFF)).astype(np.int64)
+        order = np.argsort(keys, kind="stable")  # row numbers grouped by key
+        bucket_start = np.concatenate([[0], np.cumsum(np.bincount(keys, minlength=1 << 16))])
+        crowded = np.diff(bucket_start) > _CROWDED
+        for mask in masks:
+            # a pair whose keys differ by the mask's bit is looked up once, from the row whose key lacks the bit
+            queries = np.flatnonzero((keys & mask) == 0) if mask else np.arange(n)
+            for start in range(0, len(queries), _QUERY_ROWS):
+                part = queries[start:start + _QUERY_ROWS]
+                rows, cols = _lookup(part, keys[part] ^ mask, bucket_start, order, crowded, same_key=not mask)
+                close = np.bitwise_count(phash[rows] ^ phash[cols]) <= max_distance
+                rows, cols = rows[close], cols[close]
+                found.append(np.minimum(rows, cols) * n + np.maximum(rows, cols))
+        for key in np.flatnonzero(crowded):
+            found.extend(_crowded_pairs(phash, max_distance, key ^ masks, bucket_start, order))
+    pairs = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)  # encoded row * n + col
+    return pairs // n, pairs % n
+
+
+def _lookup(rows: np.ndarray, query: np.ndarray, bucket_start: np.ndarray, order: np.ndarray, crowded: np.ndarray,
+            same_key: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs ``(rows[i], col)`` with ``key[col] == query[i]``, skipping crowded keys (rows with key k are
+    ``order[bucket_start[k]:bucket_start[k + 1]]``); with ``same_key`` only pairs with row < col."""
+    start = bucket_start[query]
+    counts = np.where(crowded[query], 0, bucket_start[query + 1] - start)
+    pair_rows = np.repeat(rows, counts)
+    offsets = np.arange(counts.sum(), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    cols = order[np.repeat(start, counts) + offsets]
+    if same_key:
+        keep = pair_rows < cols
+        return pair_rows[keep], cols[keep]
+    return pair_rows, cols
+
+
+def _crowded_pairs(phash: np.ndarray, max_distance: int, neighbour_keys: np.ndarray, bucket_start: np.ndarray,
+                   order: np.ndarray) -> list[np.ndarray]:
+    """Encoded close pairs between the rows of a crowded key (``neighbour_keys[0]``) and the rows of it and its
+    neighbouring keys, compared as dense blocks of at most :data:`_DENSE_CELLS` hash pairs."""
+    n = len(phash)
+    targets = order[bucket_start[neighbour_keys[0]]:bucket_start[neighbour_keys[0] + 1]]
+    queries = np.concatenate([order[bucket_start[key]:bucket_start[key + 1]] for key in neighbour_keys])
+    found = []
+    step = max(1, _DENSE_CELLS // len(targets))
+    for first in range(0, len(queries), step):
+        part = queries[first:first + step]
+        close = np.bitwise_count(phash[part, None] ^ phash[None, targets]) <= max_distance
+        a, b = part[np.nonzero(close)[0]], targets[np.nonzero(close)[1]]
+        keep = a != b
+        found.append(np.minimum(a, b)[keep] * n + np.maximum(a, b)[keep])
+    return found
+
+
+def _all_close_pairs(phash: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every row pair within ``max_distance`` by comparing all pairs, in blocks of :data:`_CHUNK` rows."""
+    found_rows, found_cols = [], []
     for start in range(0, len(phash), _CHUNK):
         hamming = np.bitwise_count(phash[start:start + _CHUNK, None] ^ phash[None, start:])
         rows, cols = np.nonzero(hamming <= max_distance)
-        rows, cols, found = rows + start, cols + start, hamming[rows, cols]
-        keep = (cols > rows) & ~excluded[rows] & ~excluded[cols]
-        both_known = signatures.known[rows] & signatures.known[cols]
-        colour_gap = np.abs(signatures.colour[rows] - signatures.colour[cols]).max(-1, initial=0)
-        keep &= ~both_known | (colour_gap <= MAX_COLOUR_DIFFERENCE)
-        for row, col, distance in zip(rows[keep], cols[keep], found[keep], strict=True):
-            pairs[(int(row), int(col))] = max(int(distance), 1)
-    return pairs
+        rows, cols = rows + start, cols + start
+        keep = cols > rows
+        found_rows.append(rows[keep])
+        found_cols.append(cols[keep])
+    if not found_rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(found_rows).astype(np.int64), np.concatenate(found_cols).astype(np.int64)
 
 
 def _identical_pairs(signatures: _Signatures) -> dict[tuple[int, int], int]:

@@ -78,6 +78,7 @@ class Project:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._conn_pid: int | None = None
+        self._near_duplicates: dict[tuple, list[tuple[int, int, int]]] = {}
         with self._lock:
             migrate(self._connection())
         self._recover_interrupted_deletes()
@@ -236,19 +237,60 @@ class Project:
 
     # -- images ---------------------------------------------------------------------------------------------------
 
-    def images(self, *, labeled: bool | None = None, class_name: str | None = None) -> list[StoredImage]:
-        """Images in id order; ``labeled`` True/False filters labeled/unlabeled, ``class_name`` one class."""
+    def images(self, *, labeled: bool | None = None, class_name: str | None = None, limit: int | None = None,
+               offset: int = 0) -> list[StoredImage]:
+        """Images in id order; ``labeled`` True/False filters labeled/unlabeled, ``class_name`` one class;
+        ``limit`` / ``offset`` give one page of them."""
+        where, params = self._image_filter(labeled, class_name)
+        page = ""
+        if limit is not None:
+            page = " LIMIT ? OFFSET ?"
+            params += [int(limit), int(offset)]
+        with self.read() as conn:
+            rows = conn.execute(f"SELECT {_IMAGE_COLUMNS} FROM images i LEFT JOIN classes c ON c.id = i.class_id "
+                                f"{where} ORDER BY i.id{page}", params).fetchall()
+        return [self._stored_image(row) for row in rows]
+
+    def count_images(self, *, labeled: bool | None = None, class_name: str | None = None) -> int:
+        """How many images :meth:`images` would list with the same filters (one SQL count)."""
+        where, params = self._image_filter(labeled, class_name)
+        with self.read() as conn:
+            return int(conn.execute(f"SELECT COUNT(*) FROM images i LEFT JOIN classes c ON c.id = i.class_id {where}",
+                                    params).fetchone()[0])
+
+    @staticmethod
+    def _image_filter(labeled: bool | None, class_name: str | None) -> tuple[str, list]:
         conditions, params = [], []
         if labeled is not None:
             conditions.append("i.class_id IS NOT NULL" if labeled else "i.class_id IS NULL")
         if class_name is not None:
             conditions.append("c.name_key = ?")
             params.append(name_key(class_name))
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        return (f"WHERE {' AND '.join(conditions)}" if conditions else ""), params
+
+    def source_names(self) -> dict[str, str]:
+        """sha256 -> the file name each image was imported as (one light query, for labels on plots)."""
         with self.read() as conn:
-            rows = conn.execute(f"SELECT {_IMAGE_COLUMNS} FROM images i LEFT JOIN classes c ON c.id = i.class_id "
-                                f"{where} ORDER BY i.id", params).fetchall()
-        return [self._stored_image(row) for row in rows]
+            return dict(conn.execute("SELECT sha256, source_name FROM images").fetchall())
+
+    def sides_fingerprint(self) -> str:
+        """Changes whenever an image is added, deleted, labeled or unlabeled (ids are never reused): counts and id
+        totals of the labeled and the unlabeled images, from one aggregate query."""
+        with self.read() as conn:
+            row = conn.execute("SELECT COUNT(*), TOTAL(id), MAX(id), COUNT(class_id), "
+                               "TOTAL(CASE WHEN class_id IS NULL THEN id END) FROM images").fetchone()
+        return "-".join(str(value) for value in row)
+
+    def labels_by_id(self, image_ids: Iterable[int] | None = None) -> dict[int, str | None]:
+        """image id -> class name (None: unlabeled), for every image or for ``image_ids`` (unknown ids left out)."""
+        query = "SELECT i.id, c.name FROM images i LEFT JOIN classes c ON c.id = i.class_id"
+        with self.read() as conn:
+            if image_ids is None:
+                return dict(conn.execute(query).fetchall())
+            labels = {}
+            for part in chunks(sorted({int(image_id) for image_id in image_ids})):
+                labels.update(conn.execute(f"{query} WHERE i.id IN ({','.join('?' * len(part))})", part).fetchall())
+            return labels
 
     def get_image(self, image_id: int) -> StoredImage:
         with self.read() as conn:
@@ -279,11 +321,30 @@ class Project:
         """The project as an :class:`~fsl_app.dataset.ImageSet` (object file paths, sha256, label or None)."""
         return self.image_set_with_ids(labeled=True if labeled_only else None)[0]
 
-    def image_set_with_ids(self, *, labeled: bool | None = None) -> tuple[ImageSet, list[int]]:
-        """An ImageSet and the image id of each record, from one consistent read."""
-        images = self.images(labeled=labeled)
+    def image_set_with_ids(self, *, labeled: bool | None = None,
+                           sample: int | None = None) -> tuple[ImageSet, list[int]]:
+        """An ImageSet and the image id of each record, from one consistent read. ``sample``: at most that many
+        images, a seeded random draw (the same for the same images), in id order."""
+        images = self.images(labeled=labeled) if sample is None else self.sample_images(labeled=labeled, size=sample)
         records = [ImageRecord(path=image.path, sha256=image.sha256, label=image.label) for image in images]
         return ImageSet(records), [image.id for image in images]
+
+    def sample_images(self, *, labeled: bool | None = None, size: int) -> list[StoredImage]:
+        """At most ``size`` images, in id order: all of them when there are no more, else a random draw seeded by
+        their number (the same draw while the images stay the same)."""
+        import numpy as np
+
+        where, params = self._image_filter(labeled, None)
+        with self.read() as conn:
+            ids = np.array([row[0] for row in conn.execute(f"SELECT i.id FROM images i {where}", params)], np.int64)
+            if len(ids) > size:
+                ids = np.sort(np.random.default_rng(len(ids)).choice(ids, size=size, replace=False))
+            rows = []
+            for part in chunks(ids.tolist()):
+                rows += conn.execute(f"SELECT {_IMAGE_COLUMNS} FROM images i LEFT JOIN classes c ON "
+                                     f"c.id = i.class_id WHERE i.id IN ({','.join('?' * len(part))}) ORDER BY i.id",
+                                     part).fetchall()
+        return [self._stored_image(row) for row in rows]
 
     def delete_images(self, image_ids: Iterable[int]) -> int:
         """Delete images (rows and label history). A file is removed only when no run snapshot still uses it."""
@@ -313,10 +374,21 @@ class Project:
                                  (sha256, ext, sha256, ext)).fetchone())
 
     def near_duplicates(self, max_distance: int = NEAR_DUPLICATE_MAX_DISTANCE) -> list[tuple[int, int, int]]:
-        """Pairs ``(image_id_a, image_id_b, phash hamming distance)`` with distance <= ``max_distance``."""
+        """Pairs ``(image_id_a, image_id_b, phash hamming distance)`` with distance <= ``max_distance``.
+
+        Remembered per set of images (count, largest id and id total: ids are never reused), so the pages that show
+        them on every rerun search a 100,000-image project once, not every time.
+        """
         with self.read() as conn:
+            fingerprint = tuple(conn.execute("SELECT COUNT(*), MAX(id), TOTAL(id) FROM images").fetchone())
+            key = (fingerprint, max_distance)
+            if key in self._near_duplicates:
+                return list(self._near_duplicates[key])
             rows = conn.execute("SELECT id, phash FROM images WHERE phash IS NOT NULL ORDER BY id").fetchall()
-        return near_duplicate_pairs([row[0] for row in rows], [row[1] for row in rows], max_distance)
+        pairs = near_duplicate_pairs([row[0] for row in rows], [row[1] for row in rows], max_distance)
+        with self._lock:
+            self._near_duplicates = {key: pairs}
+        return list(pairs)
 
     # -- import / export / runs / stats / fsck (implemented in their own modules) -----------------------------------
 

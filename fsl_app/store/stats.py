@@ -32,17 +32,16 @@ class ProjectStats:
 
 
 def project_stats(project: "Project", max_distance: int = NEAR_DUPLICATE_MAX_DISTANCE) -> ProjectStats:
-    images = project.images()
     counts = project.class_counts()
     with project.read() as conn:
         skipped = int(conn.execute("SELECT value FROM meta WHERE key = 'duplicates_skipped'").fetchone()[0])
+        n_images, n_labeled = conn.execute("SELECT COUNT(*), COUNT(class_id) FROM images").fetchone()
     pairs = project.near_duplicates(max_distance)
-    label_of = {image.id: image.label for image in images}
+    label_of = project.labels_by_id(image_id for pair in pairs for image_id in pair[:2]) if pairs else {}
     cross = [pair for pair in pairs
              if label_of.get(pair[0]) and label_of.get(pair[1]) and label_of[pair[0]] != label_of[pair[1]]]
-    n_labeled = sum(1 for image in images if image.label is not None)
     stats = ProjectStats(
-        name=project.name, n_images=len(images), n_labeled=n_labeled, n_unlabeled=len(images) - n_labeled,
+        name=project.name, n_images=n_images, n_labeled=n_labeled, n_unlabeled=n_images - n_labeled,
         class_counts=counts, duplicates_skipped=skipped,
         identical_pairs=sum(1 for pair in pairs if pair[2] == 0),
         near_duplicate_pairs=sum(1 for pair in pairs if pair[2] > 0), cross_class_near_duplicates=cross)

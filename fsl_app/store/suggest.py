@@ -57,9 +57,11 @@ def suggest_labels(strategy: FittedStrategy, images: ImageSet, ids: Sequence[int
     return suggestions[:top] if top is not None else suggestions
 
 
-def suggest_for_project(project: "Project", strategy: FittedStrategy, *, top: int | None = None) -> list[Suggestion]:
-    """Suggestions for every unlabeled image of ``project``."""
-    images, ids = project.image_set_with_ids(labeled=False)
+def suggest_for_project(project: "Project", strategy: FittedStrategy, *, top: int | None = None,
+                        max_images: int | None = None) -> list[Suggestion]:
+    """Suggestions for every unlabeled image of ``project``; with ``max_images``, for a seeded random sample of at
+    most that many of them (a big pool: scoring all of it would mean extracting features of every image)."""
+    images, ids = project.image_set_with_ids(labeled=False, sample=max_images)
     return suggest_labels(strategy, images, ids, top=top)
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 if TYPE_CHECKING:  # imported where a pipeline is built: it takes seconds
     import albumentations as A
@@ -36,6 +38,37 @@ class AugmentedImages(Dataset):
         if self.pipeline is not None:
             image = apply(self.pipeline, image)
         return self.transform(image), self.labels[index]
+
+
+_FABRIC: contextvars.ContextVar = contextvars.ContextVar("fsl_app_fabric", default=None)
+
+
+@contextlib.contextmanager
+def data_parallel(fabric) -> Iterator[None]:
+    """Backbone-training loops run inside this block train data-parallel on ``fabric`` (a launched Lightning
+    Fabric, see :mod:`fsl_app.distributed_train`); every process must run the same fits in the same order."""
+    token = _FABRIC.set(fabric)
+    try:
+        yield
+    finally:
+        _FABRIC.reset(token)
+
+
+def current_fabric():
+    """The Fabric installed by :func:`data_parallel`, or None (one process)."""
+    return _FABRIC.get()
+
+
+def sharded_loader(dataset: Dataset, batch_size: int, seed: int, fabric) -> DataLoader:
+    """A loader over this process's share of each global batch of ``batch_size`` (the world's batches together are
+    those one process would draw with the same seed, so the loss curve does not depend on the number of processes).
+    Call ``loader.sampler.set_epoch(epoch)`` every epoch."""
+    world = fabric.world_size
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} does not split over {world} processes: pass a multiple of "
+                         f"{world} (--param batch_size=...) or change --devices.")
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=fabric.global_rank, shuffle=True, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size // world, sampler=sampler)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):

@@ -29,8 +29,8 @@ from ..features import eval_transform, extract_features, pick_device
 from ..preprocess import draft_size
 from ._heads import binary_to_two_columns
 from ._registry import register_strategy
-from ._training import (AugmentedImages, freeze_batchnorm, l2sp_penalty, stratified_validation_split,
-                        warmup_cosine)
+from ._training import (AugmentedImages, current_fabric, freeze_batchnorm, l2sp_penalty, sharded_loader,
+                        stratified_validation_split, warmup_cosine)
 from .base import OnStep, StepLog, Strategy, check_interrupt
 
 MODES = ("head", "last_n", "full")
@@ -151,7 +151,10 @@ class FineTune(Strategy):
         return torch.optim.AdamW(groups, weight_decay=self.weight_decay)
 
     def _train(self, model, images, y, train_idx, val_idx, on_step) -> nn.Module:
-        device = pick_device()
+        """The training loop; inside ``_training.data_parallel(fabric)`` each process trains on its share of every
+        batch and DDP averages the gradients (Lightning Fabric)."""
+        fabric = current_fabric()
+        device = fabric.device if fabric is not None else pick_device()
         on_cuda = device.type == "cuda"
         model = model.to(device)
         if on_cuda:
@@ -160,40 +163,54 @@ class FineTune(Strategy):
         seed_pipeline(pipeline, self.seed)
         train_set = AugmentedImages([images[i] for i in train_idx], y[train_idx].tolist(),
                                     self.backbone_.data_config, pipeline)
-        loader = DataLoader(train_set, batch_size=self.batch_size, shuffle=True, drop_last=False,
-                            generator=torch.Generator().manual_seed(self.seed), pin_memory=on_cuda)
+        if fabric is None:
+            loader = DataLoader(train_set, batch_size=self.batch_size, shuffle=True, drop_last=False,
+                                generator=torch.Generator().manual_seed(self.seed), pin_memory=on_cuda)
+        else:
+            loader = sharded_loader(train_set, self.batch_size, self.seed, fabric)
         val_batch = self._val_batch(images, y, val_idx)
         optimizer = self._optimizer(model)
         total = self.epochs * len(loader)
         scheduler = warmup_cosine(optimizer, self.warmup_epochs * len(loader), total)
-        scaler = torch.amp.GradScaler(enabled=on_cuda)
+        scaler = torch.amp.GradScaler(enabled=on_cuda and fabric is None)  # Fabric brings its own precision
         reference = {n: p.detach().clone() for n, p in model.named_parameters()
                      if p.requires_grad and not n.startswith(_classifier_prefix(model))}
+        network = model  # the plain module: parameter names for L2-SP, what the strategy keeps
+        if fabric is not None:
+            model, optimizer = fabric.setup(model, optimizer)  # DDP; the scheduler still drives the same optimizer
         loss_fn = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
         best_state, best_score, stale, step = None, -1.0, 0, 0
         for epoch in range(1, self.epochs + 1):
             model.train()
             freeze_batchnorm(model)
             losses, correct, seen = [], 0, 0
+            if fabric is not None:
+                loader.sampler.set_epoch(epoch)
             for batch, labels in loader:
                 check_interrupt()
                 batch, labels = batch.to(device, non_blocking=True), labels.to(device)
                 if on_cuda:
                     batch = batch.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, enabled=on_cuda):
+                with torch.autocast(device.type, enabled=on_cuda and fabric is None):
                     logits = model(batch)
                     loss = loss_fn(logits, labels)
                 if self.l2sp > 0:
-                    loss = loss + self.l2sp * l2sp_penalty(model, reference)
+                    loss = loss + self.l2sp * l2sp_penalty(network, reference)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                if fabric is None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    fabric.backward(loss)
+                    optimizer.step()
                 scheduler.step()
                 step += 1
-                losses.append(loss.item())
-                correct += (logits.argmax(1) == labels).sum().item()
-                seen += len(labels)
+                batch_loss, batch_correct, batch_seen = _world_totals(
+                    fabric, loss.item() * len(labels), (logits.argmax(1) == labels).sum().item(), len(labels))
+                losses.append(batch_loss / batch_seen)
+                correct += batch_correct
+                seen += batch_seen
             val_acc = self._accuracy(model, val_batch, device)
             if on_step:
                 on_step(StepLog(step=step, epoch=epoch, loss=float(np.mean(losses)), train_acc=correct / seen,
@@ -208,7 +225,7 @@ class FineTune(Strategy):
                     break
         if best_state is not None and val_batch is not None:
             model.load_state_dict(best_state)
-        return model
+        return network
 
     def _val_batch(self, images, y, val_idx):
         if len(val_idx) == 0:
@@ -288,6 +305,13 @@ def probe_weights(features: torch.Tensor, y: np.ndarray, n_classes: int,
     weight = torch.from_numpy(weight / scale)
     bias = torch.from_numpy(bias) - weight @ mean
     return weight.float(), bias.float()
+
+
+def _world_totals(fabric, *values: float) -> list[float]:
+    """``values`` summed over every process of ``fabric`` (unchanged in one process)."""
+    if fabric is None:
+        return list(values)
+    return fabric.all_reduce(torch.tensor(values, dtype=torch.float64), reduce_op="sum").tolist()
 
 
 def _classifier_prefix(model: nn.Module) -> str:

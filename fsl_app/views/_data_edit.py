@@ -91,20 +91,22 @@ def browse_section(project) -> None:
     counts = project.class_counts()
     options = list(counts) + [UNLABELED]
     current = st.session_state.get("browse-class")
-    if current not in options or (current == UNLABELED and len(options) > 1 and not project.images(labeled=False)):
+    n_unlabeled = project.count_images(labeled=False)
+    if current not in options or (current == UNLABELED and len(options) > 1 and not n_unlabeled):
         st.session_state["browse-class"] = options[0]
     shown_class = st.segmented_control("Show", options, key="browse-class",
                                        format_func=lambda name: f"{name} ({counts[name]})" if name in counts else name)
     shown_class = shown_class or options[0]
-    images = project.images(labeled=False) if shown_class == UNLABELED else project.images(class_name=shown_class)
-    if not images:
+    shown_filter = {"labeled": False} if shown_class == UNLABELED else {"class_name": shown_class}
+    total = n_unlabeled if shown_class == UNLABELED else counts[shown_class]
+    if not total:
         st.caption("No images here yet.")
         return
-    pages = (len(images) - 1) // PAGE_SIZE + 1
+    pages = (total - 1) // PAGE_SIZE + 1
     if st.session_state.get("browse-page", 1) > pages:
         st.session_state["browse-page"] = pages
     page = st.number_input(f"Page (of {pages})", 1, pages, key="browse-page") if pages > 1 else 1
-    shown = images[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+    shown = project.images(**shown_filter, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
     bulk_actions(project, shown)
     thumbnail_grid(project, shown)
 

@@ -7,6 +7,7 @@ from fsl_app.store import StoreError, suggest_for_project
 from fsl_app.views import _data_edit, _shared
 
 SUGGESTIONS_SHOWN = 24
+MAX_SCORED = 2_000  # unlabeled images scored per visit: a 100,000-image pool would extract features of every one
 
 
 def accept(project, image_id: int, label: str) -> None:
@@ -26,7 +27,8 @@ def accept_confident(project, suggestions) -> None:
 
 
 def suggestions_section(project) -> None:
-    if not project.images(labeled=False):
+    n_unlabeled = project.count_images(labeled=False)
+    if not n_unlabeled:
         return
     runs = run_tables.project_runs(project.path)
     st.subheader("Label the unlabeled pool with model suggestions")
@@ -37,10 +39,14 @@ def suggestions_section(project) -> None:
     if not st.toggle("Show suggestions (most uncertain first)", key="suggest-on"):
         return
     try:
-        suggestions = suggest_for_project(project, _shared.fitted_strategy(run["run_dir"]), top=SUGGESTIONS_SHOWN)
+        suggestions = suggest_for_project(project, _shared.fitted_strategy(run["run_dir"]), top=SUGGESTIONS_SHOWN,
+                                          max_images=MAX_SCORED)
     except Exception as error:  # noqa: BLE001 - a run whose backbone is gone, a deleted image...
         _shared.show_error(error, prefix="No suggestions: ")
         return
+    if n_unlabeled > MAX_SCORED:
+        st.caption(f"Scored a random sample of {MAX_SCORED:,} of the {n_unlabeled:,} unlabeled images (scoring all "
+                   "would extract features of every one); label some and a new sample is drawn.")
     threshold = st.slider("Accept every suggestion at least this confident", 0.5, 1.0, 0.9, 0.05,
                           key="suggest-threshold")
     st.button(f"Accept the {sum(s.confidence >= threshold for s in suggestions)} confident suggestion(s)",

@@ -41,7 +41,7 @@ def keep(image_id: int) -> None:
 
 def pending_issues(project, check: label_check.LabelCheck) -> list[label_check.LabelIssue]:
     """Images of the review queue still carrying the label that was checked and not marked as right."""
-    current = {image.id: image.label for image in project.images(labeled=True)}
+    current = project.labels_by_id()
     kept = st.session_state.get(KEPT_KEY, set())
     return [issue for issue in check.review_queue if current.get(issue.image_id) == issue.label
             and issue.image_id not in kept]

@@ -17,7 +17,7 @@ def strategy_notes(project, strategy: str) -> None:
         st.caption(strategy_class.summary)
     if not strategy_class.uses_unlabeled:
         return
-    count = len(project.images(labeled=False))
+    count = project.count_images(labeled=False)
     if not count:
         st.caption("It can learn from unlabeled images, and this project has none: add some on the Data page.")
         return

@@ -8,6 +8,7 @@ from fsl_app import augment
 from fsl_app.views import _augment_check_panel, _shared
 
 CHOICES = [*augment.PRESETS, augment.CUSTOM]
+PREVIEW_CHOICES = 500  # images offered to preview (a big project lists its first ones)
 SLIDERS = {  # field: (label, min, max, step)
     "horizontal_flip": ("Horizontal flip (probability)", 0.0, 1.0, 0.05),
     "vertical_flip": ("Vertical flip (probability)", 0.0, 1.0, 0.05),
@@ -80,7 +81,7 @@ def save(project) -> None:
 
 
 def preview(project, pipeline: dict) -> None:
-    images = project.images(labeled=True) or project.images()
+    images = project.images(labeled=True, limit=PREVIEW_CHOICES) or project.images(limit=PREVIEW_CHOICES)
     if not images:
         st.info("Add images on the Data page to preview the augmentation.")
         return

@@ -15,8 +15,15 @@ ALL_PROTOCOL_LABELS = {**PROTOCOL_LABELS, "auto": "auto (one protocol for every 
 
 
 @st.cache_data(show_spinner="Projecting the embeddings…", max_entries=16)
-def embedding_points(run_dir: str, method: str, names: dict) -> inspect_run.EmbeddingMap:
-    return inspect_run.embedding_map(_shared.fitted_strategy(run_dir), read_run(run_dir), method, names=names)
+def embedding_points(run_dir: str, method: str, _names: dict) -> inspect_run.EmbeddingMap:
+    """Cached per run and method; ``_names`` (sha256 -> file name) is not hashed: 100,000 names took seconds."""
+    return inspect_run.embedding_map(_shared.fitted_strategy(run_dir), read_run(run_dir), method, names=_names)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def source_names(project_path: str, images_fingerprint: str, _project) -> dict:
+    """sha256 -> imported file name of every image, read again only when images are added or deleted."""
+    return _project.source_names()
 
 
 def runs_table(runs: list[dict]) -> None:
@@ -145,7 +152,7 @@ if not runs:
     st.info("No finished run yet. Train one first.")
     _nav.link(_nav.TRAIN, "Go to Train")
     st.stop()
-names = {image.sha256: image.source_name for image in project.images()}  # run folders know content paths only
+names = source_names(str(project.path), project.sides_fingerprint(), project)  # run folders know content paths only
 runs_table(runs)
 _compare_panel.comparison_section(runs, names)
 if any((run["metrics"] or {}).get("pool_size") for run in runs):  # runs that learned from the pool: is it shifted?
