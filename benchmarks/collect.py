@@ -23,6 +23,7 @@ SECTIONS = [  # (file, script that writes it)
     ("results/shift.md", "bench_shift.py"),
     ("results/gpu.md", "bench_gpu.py"),
     ("results/label_errors.md", "bench_label_errors.py"),
+    ("results/meta.md", "bench_meta.py"),
     ("results_import.md", "bench_import.py"),
     ("results_export.md", "bench_export.py"),
 ]

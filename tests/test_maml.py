@@ -100,7 +100,7 @@ def test_cancel_stops_meta_training_and_leaves_it_unfitted(digit_task):
 
 
 def test_last_block_maml_adapts_only_the_last_layer_groups(digits_set, tiny_backbone, tmp_path):
-    strategy = create_strategy("maml", adapt="last_block", variant="fomaml", meta_episodes=2, inner_steps=2,
+    strategy = create_strategy("maml", adapt="last_block", variant="fomaml", meta_episodes=1, inner_steps=1,
                                outer_lr=0.01)
     assert isinstance(strategy, ImageMAML) and not isinstance(strategy, MAML)
     strategy.fit(digits_set, backbone=tiny_backbone)
@@ -122,7 +122,7 @@ def test_set_params_cannot_turn_a_feature_maml_into_an_image_one():
 def test_one_image_per_class_on_images_falls_back_too(digits_set, tiny_backbone):
     firsts = ImageSet(digits_set.records[i] for i, label in enumerate(digits_set.labels)
                       if label not in digits_set.labels[:i])
-    strategy = create_strategy("maml", adapt="last_block", meta_episodes=3, inner_steps=1).fit(
+    strategy = create_strategy("maml", adapt="last_block", meta_episodes=3, inner_steps=1).fit(  # no episode runs
         firsts, backbone=tiny_backbone)
     assert not strategy.meta_trained_
     assert strategy.predict_proba(digits_set).shape == (len(digits_set), 3)

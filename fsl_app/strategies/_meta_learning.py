@@ -53,7 +53,12 @@ def relabel(y: np.ndarray) -> tuple[torch.Tensor, int]:
 
 def embed(params: Params, body: Body, inputs: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
     """z (n, d): body output centred on the task's shots, scaled to unit length, then the optional gain and shift."""
-    z = body(params, inputs) - centre
+    return normalized(params, body(params, inputs), centre)
+
+
+def normalized(params: Params, embeddings: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """CL2N of body outputs (n, d) with the given centre, then the optional feature-wise gain and shift."""
+    z = embeddings - centre
     z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
     if "gain" in params:
         z = z * params["gain"] + params["shift"]
@@ -76,8 +81,9 @@ def adapt(params: Params, body: Body, shots: torch.Tensor, y: torch.Tensor, n_cl
     for MAML, body parameters), starting from the Proto-MAML head. Returns (adapted params, centre, shot accuracy at
     the last step). With ``first_order`` the steps are constants to the outer gradient; otherwise they are
     differentiated through (second order: only cheap when ``keys`` are the head, as in ANIL)."""
-    centre = body(params, shots).mean(0).detach()
-    z = embed(params, body, shots, centre)
+    embeddings = body(params, shots)
+    centre = embeddings.mean(0).detach()
+    z = normalized(params, embeddings, centre)
     W, b = proto_head(z, y, n_classes)
     params = {**params, "W": W, "b": b}
     adapts_body = any(key not in ("W", "b") for key in keys)
