@@ -62,7 +62,7 @@ class _MetaLearner:
     param_ranges = {"n_way": (2, None), "meta_episodes": (0, None), "inner_steps": (1, 100), "inner_lr": (0, None),
                     "outer_lr": (0, None)}
 
-    def __init__(self, *, variant: str = "anil", adapt: str = "head", n_way: int = 5, meta_episodes: int = 100,
+    def __init__(self, *, variant: str = "anil", adapt: str = "head", n_way: int = 5, meta_episodes: int = 50,
                  inner_steps: int = 5, inner_lr: float = 0.1, outer_lr: float = 1e-3, seed: int = 0):
         self.variant = variant
         self.adapt = adapt
