@@ -76,10 +76,10 @@ def logits_of(z: torch.Tensor, params: Params) -> torch.Tensor:
 
 
 def adapt(params: Params, body: Body, shots: torch.Tensor, y: torch.Tensor, n_classes: int, *, keys: list[str],
-          steps: int, lr: float, first_order: bool) -> tuple[Params, torch.Tensor, float]:
+          steps: int, lr: float, first_order: bool, body_lr: float | None = None) -> tuple[Params, torch.Tensor, float]:
     """Inner loop: ``steps`` SGD steps at ``lr`` on the shots' cross-entropy over ``keys`` (the head "W", "b" and,
     for MAML, body parameters), starting from the Proto-MAML head. Returns (adapted params, centre, shot accuracy at
-    the last step). With ``first_order`` the steps are constants to the outer gradient; otherwise they are
+    the last step); body parameters step at ``body_lr`` (default ``lr``). With ``first_order`` the steps are constants to the outer gradient; otherwise they are
     differentiated through (second order: only cheap when ``keys`` are the head, as in ANIL)."""
     embeddings = body(params, shots)
     centre = embeddings.mean(0).detach()
@@ -104,7 +104,8 @@ def adapt(params: Params, body: Body, shots: torch.Tensor, y: torch.Tensor, n_cl
         if first_order:
             grads = {key: value.detach() for key, value in grads.items()}
             adapted = {key: value.detach() for key, value in adapted.items()}
-        params = {**params, **{key: adapted[key] - lr * grads[key] for key in keys}}
+        rates = {key: lr if key in ("W", "b") or body_lr is None else body_lr for key in keys}
+        params = {**params, **{key: adapted[key] - rates[key] * grads[key] for key in keys}}
     return params, centre, accuracy
 
 
@@ -115,7 +116,7 @@ def query_loss(params: Params, body: Body, queries: torch.Tensor, y: torch.Tenso
 
 
 def meta_gradient(theta: Params, body: Body, episode: tuple, *, variant: str, inner_keys: list[str], steps: int,
-                  lr: float) -> tuple[Params, float, float, float]:
+                  lr: float, body_lr: float | None = None) -> tuple[Params, float, float, float]:
     """Outer gradient of the query loss with respect to the meta-parameters ``theta`` for one episode
     (shots (n_s, ...), y_s, queries, y_q, C). ANIL differentiates through the head-only inner loop; first-order MAML
     takes the gradient at the adapted parameters (Finn et al. 2017, section 5.2). Returns (grads, loss, shot
@@ -132,7 +133,7 @@ def meta_gradient(theta: Params, body: Body, episode: tuple, *, variant: str, in
         shot_acc = float(shot_acc)
     else:
         adapted, centre, shot_acc = adapt(theta, body, shots, y_shots, n_classes, keys=inner_keys, steps=steps,
-                                          lr=lr, first_order=True)
+                                          lr=lr, first_order=True, body_lr=body_lr)
         head = {"W": adapted["W"].detach(), "b": adapted["b"].detach()}
         at = {key: adapted[key].detach() for key in theta}
         grads, (loss, logits) = grad_and_value(
