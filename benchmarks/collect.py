@@ -32,6 +32,7 @@ SECTIONS = [  # (file, script that writes it)
     ("results/distill.md", "bench_distill.py"),
     ("results/ood.md", "bench_ood.py"),
     ("results/scale.md", "bench_scale.py"),
+    ("results/meta.md", "bench_meta.py"),
     ("results_import.md", "bench_import.py"),
     ("results_export.md", "bench_export.py"),
 ]

@@ -36,8 +36,9 @@ except ImportError:  # tests/ is on sys.path, not the repository root
 
 FORMATS = ("onnx", "torchscript", "bundle")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "bundle": ".zip"}
-TINY_PARAMS = {"finetune": {"epochs": 2, "batch_size": 16, "patience": 2}}
-EXTRA_BUNDLE_CASES = {"linear-rbf": ("linear", {"classifier": "rbf"})}  # the RBF-kernel head in predict.py
+TINY_PARAMS = {"finetune": {"epochs": 2, "batch_size": 16, "patience": 2}, "maml": {"meta_episodes": 5}}
+EXTRA_BUNDLE_CASES = {"linear-rbf": ("linear", {"classifier": "rbf"}),  # the RBF-kernel head in predict.py
+                      "matchingnet-fce": ("matchingnet", {"fce_steps": 2, "fce_episodes": 3})}  # its LSTM cell
 CASES = {name: (name, TINY_PARAMS.get(name, {})) for name in list_strategies()} | EXTRA_BUNDLE_CASES
 TOLERANCE = 1e-4
 

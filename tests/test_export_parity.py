@@ -37,6 +37,8 @@ SETTINGS_BY_STRATEGY = {
     "protonet": [{"distance": d, "normalize": n} for d in DISTANCES for n in NORMALIZATIONS]
     + [{"finetune_episodes": 2}],
     "finetune": [{"mode": mode, "epochs": 1} for mode in MODES],
+    "maml": [{"meta_episodes": 3}, {"adapt": "last_block", "variant": "fomaml", "meta_episodes": 2, "inner_steps": 2}],
+    "matchingnet": [{}, {"fce_steps": 2, "fce_episodes": 3}, {"finetune_episodes": 2}],
 }
 SETTINGS = [(name, params) for name in list_strategies() for params in SETTINGS_BY_STRATEGY.get(name, [{}])]
 FORMATS = ("onnx", "torchscript", "bundle")

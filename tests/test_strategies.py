@@ -29,9 +29,15 @@ SETTINGS_BY_STRATEGY = {
     "bdcspn": [{}, {"laplacian": 0.0, "outliers": "off"}],
     "alpha_tim": [{}, {"alpha": 1.0, "iterations": 5}],
     "selftrain": [{}, {"rounds": 2, "outliers": "off"}],
+    "maml": [{"meta_episodes": 3}, {"variant": "fomaml", "meta_episodes": 3},
+             {"adapt": "last_block", "meta_episodes": 2, "inner_steps": 2},
+             {"adapt": "last_block", "variant": "fomaml", "meta_episodes": 2, "inner_steps": 2}],
+    "matchingnet": [{}, {"normalize": "l2"}, {"fce_steps": 2, "fce_episodes": 3}, {"finetune_episodes": 2},
+                    {"finetune_episodes": 2, "fce_steps": 1, "fce_episodes": 2}],
 }
 # the cheapest parameters that still train, for tests that need one fit per strategy
-FAST_PARAMS = {"finetune": {"mode": "head", "epochs": 1}, "protonet": {}, "linear": {}, "alpha_tim": {"iterations": 10}}
+FAST_PARAMS = {"finetune": {"mode": "head", "epochs": 1}, "protonet": {}, "linear": {}, "alpha_tim": {"iterations": 10},
+               "maml": {"meta_episodes": 3}}
 
 SETTINGS = [(name, params) for name in list_strategies() for params in SETTINGS_BY_STRATEGY.get(name, [{}])]
 
@@ -42,9 +48,12 @@ def setting_id(setting) -> str:
 
 
 def trains_iteratively(strategy: Strategy) -> int:
-    """Number of StepLogs ``fit`` must report: epochs for fine-tuning, episodes for episodic ProtoNet."""
+    """Number of StepLogs ``fit`` must report: epochs for fine-tuning, episodes for episodic ProtoNet, MAML's
+    meta-training and Matching Networks' fine-tuning and full-context training."""
     params = strategy.get_params()
-    return int(params.get("epochs", 0) or params.get("finetune_episodes", 0))
+    fce = params.get("fce_episodes", 0) if params.get("fce_steps", 0) else 0
+    return int(params.get("epochs", 0) or params.get("meta_episodes", 0)
+               or params.get("finetune_episodes", 0) + fce)
 
 
 @dataclass
@@ -351,8 +360,8 @@ def test_set_params_refuses_unknown_names():
 
 def test_unknown_strategy_lists_the_registered_ones():
     with pytest.raises(ValueError) as error:
-        create_strategy("maml")
-    assert "unknown strategy 'maml'" in str(error.value)
+        create_strategy("reptile")
+    assert "unknown strategy 'reptile'" in str(error.value)
     assert all(name in str(error.value) for name in list_strategies())
 
 

@@ -81,20 +81,27 @@ def _checked_ood_spec(info: dict) -> dict:
 
 
 def head_state_shapes(head: dict) -> dict[str, tuple[int, ...]]:
-    """Shapes of a head's tensors: C classes, d features, n support points (RBF)."""
+    """Shapes of a head's tensors: C classes, d features, n support points (RBF, attention)."""
     classes, features = head["n_classes"], head.get("in_features")
     if head["kind"] == "timm":
         return {}
     shapes = {"normalizer.center": (features,)}
     if head["kind"] == "linear":
         return {**shapes, "linear.weight": (classes, features), "linear.bias": (classes,)}
+    if head["kind"] == "attention":
+        shapes = {**shapes, "support": (head.get("n_support"), features), "coef": (head.get("n_support"), classes)}
+        if head.get("fce_steps", 0) > 0:  # the attention LSTM cell of Matching Networks' full-context embeddings
+            shapes.update({"query_cell.weight_ih": (4 * features, 2 * features),
+                           "query_cell.weight_hh": (4 * features, features),
+                           "query_cell.bias_ih": (4 * features,), "query_cell.bias_hh": (4 * features,)})
+        return shapes
     return {**shapes, "support": (head.get("n_support"), features), "coef": (head.get("n_support"), classes),
             "intercept": (classes,)}
 
 
 def _checked_head_spec(info: dict) -> dict:
     head = info.get("head")
-    if not isinstance(head, dict) or head.get("kind") not in ("linear", "rbf", "timm"):
+    if not isinstance(head, dict) or head.get("kind") not in ("linear", "rbf", "attention", "timm"):
         raise ModelFileError(f"config.json describes an unknown head {head!r}: the bundle is from a newer fsl_app "
                              "(upgrade it) or was edited (re-export it).")
     if head.get("n_classes") != len(info["classes"]):

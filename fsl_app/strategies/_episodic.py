@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import numpy as np
 import torch
@@ -14,15 +15,20 @@ from ..dataset import ImageSet
 from ..features import pick_device
 from ..preprocess import draft_size
 from ._training import AugmentedImages, freeze_batchnorm
-from .base import OnStep, StepLog
+from .base import OnStep, StepLog, check_interrupt
+
+# (shot embeddings (n_s, d), shot targets (n_s,) in 0..C-1, query embeddings (n_q, d)) -> query logits (n_q, C)
+EpisodeLogits = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def episodic_finetune(backbone: Backbone, support: ImageSet, *, episodes: int, lr: float, distance: str,
-                      seed: int, on_step: OnStep = None, n_way: int = 5) -> nn.Module:
+                      seed: int, on_step: OnStep = None, n_way: int = 5,
+                      episode_logits: EpisodeLogits | None = None) -> nn.Module:
     """A copy of ``backbone.model`` trained on episodes drawn from ``support`` (every class needs >= 2 images).
 
     Each episode takes up to ``n_way`` classes, splits each class's images in half into shots and queries, builds
-    prototypes from the shots and minimises cross-entropy of the queries over negative distances.
+    prototypes from the shots and minimises cross-entropy of the queries over negative distances; or, given
+    ``episode_logits``, over the logits it computes (Matching Networks' attention).
     """
     device = pick_device()
     rng = np.random.default_rng(seed)
@@ -36,6 +42,7 @@ def episodic_finetune(backbone: Backbone, support: ImageSet, *, episodes: int, l
     model = copy.deepcopy(backbone.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for episode in range(1, episodes + 1):
+        check_interrupt()
         model.train()
         freeze_batchnorm(model)
         shots, queries = _sample_episode(y, n_way, rng)
@@ -44,9 +51,13 @@ def episodic_finetune(backbone: Backbone, support: ImageSet, *, episodes: int, l
         shot_labels = torch.as_tensor([y[i] for i in shots])
         query_labels = torch.as_tensor([y[i] for i in queries])
         classes = torch.unique(shot_labels)
-        prototypes = torch.stack([embeddings[: len(shots)][shot_labels == c].mean(0) for c in classes])
         targets = torch.searchsorted(classes, query_labels).to(device)
-        logits = _negative_distance(embeddings[len(shots):], prototypes, distance)
+        if episode_logits is not None:
+            shot_targets = torch.searchsorted(classes, shot_labels).to(device)
+            logits = episode_logits(embeddings[: len(shots)], shot_targets, embeddings[len(shots):])
+        else:
+            prototypes = torch.stack([embeddings[: len(shots)][shot_labels == c].mean(0) for c in classes])
+            logits = _negative_distance(embeddings[len(shots):], prototypes, distance)
         loss = nn.functional.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -81,6 +81,59 @@ class RBFHead(nn.Module):
                 "n_classes": self.coef.shape[1]}
 
 
+class AttentionHead(nn.Module):
+    """Matching Networks' classifier: logits_c = log sum_{j in class c} exp(scale cos(f(x), g_j)) over support points.
+
+    softmax of these logits is the attention mass on each class's support points. ``support`` g (n_support, d) holds
+    the (optionally context-embedded) support features, ``coef`` (n_support, n_classes) their one-hot labels. With
+    ``fce_steps > 0`` the query f(x) is the full-context embedding of Vinyals et al. (2016): ``fce_steps`` rounds of
+    an LSTM cell reading attention over the support (easyfsl's ``encode_query_features``).
+    """
+
+    def __init__(self, normalizer: FeatureNormalizer, support: torch.Tensor, coef: torch.Tensor, scale: float,
+                 query_cell: nn.LSTMCell | None = None, fce_steps: int = 0):
+        super().__init__()
+        self.normalizer = normalizer
+        self.register_buffer("support", support.float().clone())
+        self.register_buffer("coef", coef.float().clone())
+        self.scale = float(scale)
+        self.fce_steps = int(fce_steps)
+        self.query_cell = query_cell if self.fce_steps > 0 else None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return attention_logits(self.encode_queries(self.normalizer(features)), self.support, self.coef, self.scale)
+
+    def encode_queries(self, queries: torch.Tensor) -> torch.Tensor:
+        """Full-context embedding of queries (n, d) against the support, or the queries themselves."""
+        if self.query_cell is None:
+            return queries
+        return fce_queries(queries, self.support, self.query_cell, self.fce_steps)
+
+    def config(self) -> dict:
+        return {"kind": "attention", "normalizer": self.normalizer.config(), "scale": self.scale,
+                "fce_steps": self.fce_steps, "n_support": self.support.shape[0], "in_features": self.support.shape[1],
+                "n_classes": self.coef.shape[1]}
+
+
+def fce_queries(queries: torch.Tensor, support: torch.Tensor, cell: nn.LSTMCell, steps: int) -> torch.Tensor:
+    """Vinyals et al.'s attention LSTM: h <- LSTM([q, attention read-out of support], (h, c)) + q, ``steps`` times."""
+    hidden, state = queries, torch.zeros_like(queries)
+    for _ in range(steps):
+        read_out = torch.softmax(hidden @ support.T, dim=1) @ support
+        hidden, state = cell(torch.cat((queries, read_out), 1), (hidden, state))
+        hidden = hidden + queries
+    return hidden
+
+
+def attention_logits(queries: torch.Tensor, support: torch.Tensor, coef: torch.Tensor, scale: float) -> torch.Tensor:
+    """log of the softmax attention mass per class: (n, d), (n_support, d), (n_support, C) -> (n, C)."""
+    unit_queries = queries / queries.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    unit_support = support / support.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    similarity = scale * unit_queries @ unit_support.T
+    peak = similarity.max(dim=1, keepdim=True).values
+    return torch.log((torch.exp(similarity - peak) @ coef).clamp_min(1e-30)) + peak
+
+
 def head_from_config(config: dict, state: dict[str, torch.Tensor]) -> nn.Module:
     """Rebuild a head saved with ``config()`` and ``state_dict()``."""
     norm = config["normalizer"]
@@ -90,6 +143,14 @@ def head_from_config(config: dict, state: dict[str, torch.Tensor]) -> nn.Module:
         return LinearHead(normalizer, state["linear.weight"], state["linear.bias"])
     if config["kind"] == "rbf":
         return RBFHead(normalizer, state["support"], state["coef"], state["intercept"], config["gamma"])
+    if config["kind"] == "attention":
+        cell = None
+        if config["fce_steps"] > 0:
+            d = config["in_features"]
+            cell = nn.LSTMCell(2 * d, d)
+            cell.load_state_dict({k.removeprefix("query_cell."): v for k, v in state.items()
+                                  if k.startswith("query_cell.")})
+        return AttentionHead(normalizer, state["support"], state["coef"], config["scale"], cell, config["fce_steps"])
     raise ValueError(f"unknown head kind {config['kind']!r}: the model file is from a newer fsl_app; upgrade it.")
 
 

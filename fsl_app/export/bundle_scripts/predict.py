@@ -28,7 +28,8 @@ def backbone(config, state):
 
 
 def head(x, spec, state):
-    """fsl_app's head, features (n, d) -> logits (n, C): CL2N/L2 normalization, then linear or RBF-kernel layer."""
+    """fsl_app's head, features (n, d) -> logits (n, C): CL2N/L2 normalization, then a linear or RBF-kernel layer or
+    Matching Networks' attention over the support."""
     if spec["kind"] == "timm":
         return x
     if spec["normalizer"]["subtract_center"]:
@@ -37,9 +38,29 @@ def head(x, spec, state):
         x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
     if spec["kind"] == "linear":
         return torch.nn.functional.linear(x, state["head.linear.weight"], state["head.linear.bias"])
+    if spec["kind"] == "attention":
+        return attention(x, spec, state)
     support = state["head.support"]
     squared = (x * x).sum(1, keepdim=True) - 2 * x @ support.T + (support ** 2).sum(1)[None, :]
     return torch.exp(-spec["gamma"] * squared.clamp_min(0)) @ state["head.coef"] + state["head.intercept"]
+
+
+def attention(x, spec, state):
+    """log of the softmax attention mass per class over the support, after the optional full-context LSTM rounds."""
+    support = state["head.support"]
+    if spec["fce_steps"] > 0:
+        cell = torch.nn.LSTMCell(2 * support.shape[1], support.shape[1])
+        cell.load_state_dict({k[len("head.query_cell."):]: v for k, v in state.items()
+                              if k.startswith("head.query_cell.")})
+        queries, state_c = x, torch.zeros_like(x)
+        for _ in range(spec["fce_steps"]):
+            read_out = torch.softmax(x @ support.T, dim=1) @ support
+            x, state_c = cell(torch.cat((queries, read_out), 1), (x, state_c))
+            x = x + queries
+    unit = torch.nn.functional.normalize
+    similarity = spec["scale"] * unit(x, dim=1, eps=1e-12) @ unit(support, dim=1, eps=1e-12).T
+    peak = similarity.max(dim=1, keepdim=True).values
+    return torch.log((torch.exp(similarity - peak) @ state["head.coef"]).clamp_min(1e-30)) + peak
 
 
 def ood_score(x, spec, state):
