@@ -9,11 +9,16 @@ from a handful of images. Methods (a small registry, :data:`METHODS`; another on
   Few-Shot Image Classification: a Good Embedding Is All You Need?", ECCV 2020);
 - ``protonet``: episodic meta-training with the Prototypical Networks loss (Snell et al., NeurIPS 2017): each
   episode samples N classes, K shots and Q queries per class and classifies the queries by distance to the shots'
-  means.
+  means;
+- ``maml``: first-order MAML (Finn et al., ICML 2017) of the trained layer groups, with the ``maml`` strategy's
+  torch.func inner loop (:mod:`fsl_app.strategies.maml`): each episode adapts a Proto-MAML head, initialised from the
+  shots' class means, and the trained layers for ``inner_steps`` SGD steps on the shots (backbone weights at
+  ``inner_lr`` x ``BACKBONE_INNER_LR_SCALE``), and the queries' loss at the adapted weights updates the layers (Adam).
 
-Both start from the given backbone's weights (usually ImageNet), train the last ``last_n`` layer groups (every layer
-when None) with the finetune strategy's augmentation and schedule, keep BatchNorm statistics fixed, call
-``check_interrupt()`` between batches and report a :class:`StepLog` per epoch (supervised) or per episode (protonet).
+All start from the given backbone's weights (usually ImageNet), train the last ``last_n`` layer groups (every layer
+when None) with the finetune strategy's augmentation and schedule, keep BatchNorm statistics fixed (maml runs the model in eval mode, as the maml strategy does), call
+``check_interrupt()`` between batches and report a :class:`StepLog` per epoch (supervised) or per episode (episodic
+methods).
 
 The checkpoint is a safetensors file of the pooled-feature model's tensors (no classifier), with the provenance
 (architecture, base classes, method, source, date, data_config, image count) both in the safetensors header and in a
@@ -45,13 +50,15 @@ from .features import pick_device
 from .strategies._episodic import _negative_distance
 from .strategies._training import AugmentedImages, freeze_batchnorm, warmup_cosine
 from .strategies.base import OnStep, StepLog, check_interrupt
+from .strategies.maml import BACKBONE_INNER_LR_SCALE, backbone_body, backbone_meta_params, meta_update
 
 
 @dataclass
 class PretrainSettings:
     """Hyperparameters of a pretraining; each method reads the ones it needs.
 
-    ``epochs``/``batch_size``: supervised; ``episodes``/``n_way``/``k_shot``/``n_query``: episodic methods.
+    ``epochs``/``batch_size``: supervised; ``episodes``/``n_way``/``k_shot``/``n_query``: episodic methods;
+    ``inner_steps``/``inner_lr``: maml's per-episode adaptation (SGD; backbone weights at a hundredth of the rate).
     ``lr``: None takes the method's default. ``last_n``: layer groups trained (None: every layer).
     """
 
@@ -65,6 +72,8 @@ class PretrainSettings:
     last_n: int | None = None
     augment: str | dict | None = "light"
     seed: int = 0
+    inner_steps: int = 5
+    inner_lr: float = 0.1
 
 
 PretrainFunction = Callable[[nn.Module, ImageSet, dict, PretrainSettings, OnStep], nn.Module]
@@ -219,6 +228,40 @@ def train_protonet(model: nn.Module, images: ImageSet, data_config: dict, settin
         if on_step:
             accuracy = float((logits.argmax(1) == query_labels).float().mean())
             on_step(StepLog(step=episode, epoch=episode, loss=loss.item(), train_acc=accuracy, lr=lr))
+    return model
+
+
+@register_method("maml", episodic=True, default_lr=1e-4,
+                 summary="first-order MAML of the trained layers with a Proto-MAML head, on N-way K-shot episodes")
+def train_maml(model: nn.Module, images: ImageSet, data_config: dict, settings: PretrainSettings,
+               on_step: OnStep = None) -> nn.Module:
+    """Meta-train the trained layers of ``model`` on ``episodes`` episodes: each adapts on its shots in the inner
+    loop and the queries' loss at the adapted weights is the outer (Adam) gradient. Returns the model."""
+    device = pick_device()
+    rng = np.random.default_rng(settings.seed)
+    torch.manual_seed(settings.seed)
+    y = images.label_indices()
+    dataset = _dataset(images, data_config, settings)
+    _trainable(model, settings.last_n)
+    keys = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    model.to(device).eval().requires_grad_(False)
+    theta = {key: value.to(device) for key, value in backbone_meta_params(model, keys).items()}
+    body = backbone_body(model, keys)
+    lr = settings.lr or METHODS["maml"].default_lr
+    optimizer = torch.optim.Adam(list(theta.values()), lr=lr)
+    for episode in range(1, settings.episodes + 1):
+        check_interrupt()
+        shots, shot_labels, queries, query_labels = sample_base_episode(y, settings, rng)
+        batch = torch.stack([dataset[i][0] for i in shots + queries]).to(device)
+        labels = torch.as_tensor(shot_labels + query_labels, device=device)
+        n = len(shots)
+        loss, shot_acc, query_acc = meta_update(
+            theta, optimizer, body, (batch[:n], labels[:n], batch[n:], labels[n:], settings.n_way),
+            variant="fomaml", inner_keys=["W", "b", *keys], steps=settings.inner_steps, lr=settings.inner_lr,
+            body_lr=settings.inner_lr * BACKBONE_INNER_LR_SCALE)
+        if on_step:  # train_acc: the shots at the last inner step; val_acc: the queries, adapted
+            on_step(StepLog(step=episode, epoch=episode, loss=loss, train_acc=shot_acc, val_acc=query_acc, lr=lr))
+    model.load_state_dict({key: theta[key].detach() for key in keys}, strict=False)
     return model
 
 

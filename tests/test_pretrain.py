@@ -124,7 +124,7 @@ def test_base_data_that_cannot_make_episodes_is_refused_naming_the_minimum(base_
     one_class = images.subset([i for i, label in enumerate(images.labels) if label == "digit_0"])
     with pytest.raises(DataError, match="at least 2 labeled classes"):
         pretrain.check_base_classes(one_class, "supervised", pretrain.PretrainSettings())
-    with pytest.raises(ValueError, match="unknown pretraining method 'nope'. Pick one of: protonet, supervised"):
+    with pytest.raises(ValueError, match="unknown pretraining method 'nope'. Pick one of: maml, protonet, supervised"):
         pretrain.check_base_classes(images, "nope", pretrain.PretrainSettings())
 
 
@@ -174,3 +174,40 @@ def test_evaluate_every_strategy_includes_every_registered_strategy(monkeypatch,
         assert [r.strategy for r in requests] == list_strategies() and NAME in list_strategies()
     finally:
         sys.modules.pop("throwaway_all_strategy", None)
+
+
+def test_maml_pretraining_writes_a_checkpoint_that_loads_and_says_maml(base_dir, tiny_backbone, tmp_path, capsys):
+    steps = []
+    settings = pretrain.PretrainSettings(**{**FAST.__dict__, "last_n": 1, "inner_steps": 2})
+    images = ImageSet.from_folder(base_dir)
+    model = pretrain.pretrain_backbone(images, tiny_backbone, method="maml", settings=settings, on_step=steps.append)
+    assert [step.step for step in steps] == [1, 2]
+    assert all(step.loss > 0 and 0 <= step.val_acc <= 1 for step in steps)
+    before, after = tiny_backbone.model.state_dict(), model.state_dict()
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert changed and all(not key.startswith("conv_stem") for key in changed)  # only the last group meta-trained
+    assert all(p.requires_grad for p in tiny_backbone.model.parameters())  # the source backbone is untouched
+    assert main(["pretrain", str(base_dir), "--method", "maml", "--backbone", TINY_BACKBONE, "--weights", "random",
+                 "--episodes", "2", "--n-way", "3", "--k-shot", "1", "--queries", "1", "--inner-steps", "1",
+                 "--last-n", "1", "--augment", "none", "--out", str(tmp_path / "maml"), "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["method"] == "maml" and made["settings"]["inner_steps"] == 1
+    loaded = load_backbone(TINY_BACKBONE, made["checkpoint"])
+    assert loaded.spec()["pretrained"]["method"] == "maml"
+    assert loaded.model(torch.zeros(1, 3, 32, 32)).shape == (1, loaded.num_features)
+
+
+def test_a_cancelled_maml_pretraining_leaves_no_checkpoint(base_dir, tmp_path, capsys):
+    calls = []
+
+    def cancel_on_fourth_check():
+        calls.append(1)
+        if len(calls) == 4:  # inside the first episode's inner loop
+            raise KeyboardInterrupt("cancelled")
+
+    with interrupt_check(cancel_on_fourth_check):
+        code = main(["pretrain", str(base_dir), "--method", "maml", "--backbone", TINY_BACKBONE, "--weights",
+                     "random", "--episodes", "20", "--n-way", "3", "--k-shot", "1", "--queries", "1",
+                     "--augment", "none", "--out", str(tmp_path / "out" / "maml")])
+    assert code == 130 and len(calls) == 4 and "interrupted" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

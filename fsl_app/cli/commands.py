@@ -7,7 +7,7 @@
     fsl-app export RUN_DIR --format onnx|torchscript|bundle --out PATH
     fsl-app predict MODEL_PATH IMAGE_OR_DIR... [--json]
     fsl-app compare RUN_DIR... [--json] [--seed N]
-    fsl-app pretrain PROJECT_OR_DIR --method supervised|protonet [--epochs N | --episodes N --n-way N] [--out CKPT]
+    fsl-app pretrain PROJECT_OR_DIR --method supervised|protonet|maml [--epochs N | --episodes N --n-way N] [--out CKPT]
     fsl-app ui [--port N] [--address A] [--password-file FILE] [--no-auth]
 
 DATA_DIR is an ImageFolder tree (one sub-folder per class) or the name of a project in the store. Its unlabeled

@@ -22,15 +22,18 @@ def add_pretrain_command(commands) -> None:
     parser = commands.add_parser("pretrain", help="train a backbone on a project with many classes, for use on new "
                                                   "classes with --weights CKPT")
     parser.add_argument("data", metavar="PROJECT_OR_DIR", help="project name or ImageFolder tree of base classes")
-    parser.add_argument("--method", default="supervised", help="supervised | protonet (default: %(default)s)")
+    parser.add_argument("--method", default="supervised", help="supervised | protonet | maml (default: %(default)s)")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help="timm model name (default: %(default)s)")
     parser.add_argument("--weights", default="auto", help="starting weights: auto | random | PATH (default: auto)")
     parser.add_argument("--epochs", type=int, default=5, help="supervised: passes over the base images")
     parser.add_argument("--batch-size", type=int, default=32, help="supervised: images per step")
-    parser.add_argument("--episodes", type=int, default=200, help="protonet: training episodes")
-    parser.add_argument("--n-way", type=int, default=5, help="protonet: classes per episode")
-    parser.add_argument("--k-shot", type=int, default=5, help="protonet: shots per class and episode")
-    parser.add_argument("--queries", type=int, default=10, help="protonet: queries per class and episode")
+    parser.add_argument("--episodes", type=int, default=200, help="protonet, maml: training episodes")
+    parser.add_argument("--n-way", type=int, default=5, help="protonet, maml: classes per episode")
+    parser.add_argument("--k-shot", type=int, default=5, help="protonet, maml: shots per class and episode")
+    parser.add_argument("--queries", type=int, default=10, help="protonet, maml: queries per class and episode")
+    parser.add_argument("--inner-steps", type=int, default=5, help="maml: adaptation steps per episode")
+    parser.add_argument("--inner-lr", type=float, default=0.1,
+                        help="maml: adaptation learning rate (SGD; backbone weights at a hundredth of it)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
     parser.add_argument("--last-n", type=int, default=None,
                         help="train only the last N layer groups (default: every layer)")
@@ -53,7 +56,8 @@ def cmd_pretrain(args) -> int:
     images, source = _base_images(args.data, args.home)
     settings = PretrainSettings(epochs=args.epochs, batch_size=args.batch_size, episodes=args.episodes,
                                 n_way=args.n_way, k_shot=args.k_shot, n_query=args.queries, lr=args.lr,
-                                last_n=args.last_n, augment=args.augment, seed=args.seed)
+                                last_n=args.last_n, augment=args.augment, seed=args.seed,
+                                inner_steps=args.inner_steps, inner_lr=args.inner_lr)
     _check_counts(args)
     check_base_classes(images.labeled(), args.method, settings)  # before loading a backbone: fail fast
     default_out = pretrained_folder(args.home) / f"{_slug(source)}-{args.method}-{_slug(args.backbone)}"
@@ -75,7 +79,7 @@ def cmd_pretrain(args) -> int:
 
 
 def _check_counts(args) -> None:
-    for name in ("epochs", "episodes", "batch_size", "k_shot", "queries"):
+    for name in ("epochs", "episodes", "batch_size", "k_shot", "queries", "inner_steps"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
 

@@ -102,12 +102,10 @@ class _MetaLearner:
             classes = np.unique(y[shots])
             y_shots = torch.as_tensor(np.searchsorted(classes, y[shots]), device=inputs.device)
             y_queries = torch.as_tensor(np.searchsorted(classes, y[queries]), device=inputs.device)
-            grads, loss, shot_acc, query_acc = meta.meta_gradient(
-                theta, body, (inputs[shots], y_shots, inputs[queries], y_queries, len(classes)), variant=self.variant,
-                inner_keys=inner_keys, steps=self.inner_steps, lr=self.inner_lr, body_lr=self._body_lr())
-            for key, value in theta.items():
-                value.grad = grads[key].detach()
-            optimizer.step()
+            loss, shot_acc, query_acc = meta_update(
+                theta, optimizer, body, (inputs[shots], y_shots, inputs[queries], y_queries, len(classes)),
+                variant=self.variant, inner_keys=inner_keys, steps=self.inner_steps, lr=self.inner_lr,
+                body_lr=self._body_lr())
             if on_step:  # train_acc: the episode's shots at the last inner step; val_acc: its queries, adapted
                 on_step(StepLog(step=episode, epoch=episode, loss=loss, train_acc=shot_acc, val_acc=query_acc,
                                 lr=self.outer_lr))
@@ -184,14 +182,10 @@ class ImageMAML(_MetaLearner, Strategy):
         torch.manual_seed(self.seed)
         model = copy.deepcopy(backbone.model).eval().requires_grad_(False)
         body_keys = _last_group_names(model)
-        theta = {key: value.detach().clone() for key, value in model.named_parameters() if key in body_keys}
-        theta["log_scale"] = _initial_scale()
+        theta = backbone_meta_params(model, body_keys)
         batch = images_to_batch([support.load(i) for i in range(len(support))], backbone.data_config)
-
-        def body(params: meta.Params, x: torch.Tensor) -> torch.Tensor:
-            return functional_call(model, {key: params[key] for key in body_keys}, (x,))
-
-        adapted, centre = self._meta_fit(theta, body, batch, support.label_indices(), body_keys, on_step)
+        adapted, centre = self._meta_fit(theta, backbone_body(model, body_keys), batch, support.label_indices(),
+                                         body_keys, on_step)
         model.load_state_dict({key: adapted[key].detach() for key in body_keys}, strict=False)
         self.backbone_ = _tuned_backbone(backbone, model)
         self.head_ = self._linear_head(adapted, centre)
@@ -243,3 +237,34 @@ def _last_group_names(model: nn.Module) -> list[str]:
     groups = group_parameters(model, model.group_matcher(coarse=True))
     ordered = [names for _, names in sorted(groups.items())]
     return [name for group in ordered[-LAST_GROUPS:] for name in group]
+
+
+# --- shared with fsl_app.pretrain (MAML pretraining of a backbone on base classes) --------------------------------
+
+def backbone_meta_params(model: nn.Module, keys: list[str]) -> meta.Params:
+    """Meta-parameters of a backbone's adapting layers: detached copies of the ``keys`` weights, and the Proto-MAML
+    head's log scale (the head itself is rebuilt from class means in every task)."""
+    theta = {key: value.detach().clone() for key, value in model.named_parameters() if key in keys}
+    theta["log_scale"] = _initial_scale()
+    return theta
+
+
+def backbone_body(model: nn.Module, keys: list[str]) -> meta.Body:
+    """``body(params, images (n, 3, H, W)) -> features (n, d)``: ``model`` with the ``keys`` weights from ``params``."""
+    def body(params: meta.Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, {key: params[key] for key in keys}, (x,))
+
+    return body
+
+
+def meta_update(theta: meta.Params, optimizer: torch.optim.Optimizer, body: meta.Body, episode: tuple, *,
+                variant: str, inner_keys: list[str], steps: int, lr: float,
+                body_lr: float | None = None) -> tuple[float, float, float]:
+    """One outer step on ``theta`` for one episode (shots, y_shots, queries, y_queries, C), see
+    :func:`_meta_learning.meta_gradient`; returns (query loss, shot accuracy, query accuracy)."""
+    grads, loss, shot_acc, query_acc = meta.meta_gradient(theta, body, episode, variant=variant,
+                                                          inner_keys=inner_keys, steps=steps, lr=lr, body_lr=body_lr)
+    for key, value in theta.items():
+        value.grad = grads[key].detach()
+    optimizer.step()
+    return loss, shot_acc, query_acc
