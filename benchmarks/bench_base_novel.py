@@ -11,7 +11,9 @@ Backbones (all ``tf_efficientnet_lite0``):
   the results: ``BASE_PER_CLASS`` images per base class, the last ``LAST_N`` layer groups trained, and about the same
   number of image passes for both methods (supervised: ``EPOCHS`` epochs; protonet: ``EPISODES`` 5-way episodes of
   ``K_SHOT`` shots + ``N_QUERY_TRAIN`` queries per class).
-- ``base: maml``: a hook (:data:`EXTRA_METHODS`); the column appears when ``fsl_app.pretrain.METHODS`` has ``maml``.
+- ``base: maml``: first-order MAML pretraining (:data:`EXTRA_METHODS`, measured when ``fsl_app.pretrain.METHODS`` has
+  ``maml``) on the same number and shape of episodes as protonet, each adapted in ``PretrainSettings.inner_steps``
+  inner steps (so more compute per episode, reported as its pretraining time).
 
 Evaluation: frozen features of each backbone on the new classes; the same seeded 5-way 1-shot and 5-shot episodes
 (``fsl_app.evaluation.sample_episode``, 15 queries per class) for every backbone, with the product's ``linear`` and
@@ -38,6 +40,7 @@ from fsl_app.evaluation import sample_episode
 from fsl_app.features import FeatureCache, FeatureExtractor
 from fsl_app.pretrain import METHODS, PretrainSettings, pretrain_backbone
 from fsl_app.strategies import create_strategy
+from fsl_app.strategies.maml import BACKBONE_INNER_LR_SCALE
 
 BACKBONE = "tf_efficientnet_lite0"
 PROTOCOLS = [(5, 1), (5, 5)]
@@ -178,10 +181,15 @@ def main() -> None:
         sections.append(text)
         goals += rows
     scale = 2 if args.quick else 1
+    inner = PretrainSettings()
+    maml_budget = (f"; maml (first-order MAML, Proto-MAML head) the same episodes, each adapted in {inner.inner_steps} "
+                   f"SGD steps at {inner.inner_lr} (backbone weights at {inner.inner_lr * BACKBONE_INNER_LR_SCALE:g}), "
+                   f"outer Adam lr {METHODS['maml'].default_lr:g}" if "maml" in METHODS else "")
     budget = (f"Pretraining budget (CPU): {BASE_PER_CLASS // scale} images per base class, last {LAST_N} layer "
               f"groups of {BACKBONE} trained, BatchNorm statistics frozen, light augmentation; supervised "
               f"{max(1, EPOCHS // scale)} epoch(s) (batch 16, AdamW, head lr 1e-3, backbone 1e-4); protonet "
-              f"{EPISODES // scale} episode(s) of 5-way {K_SHOT}-shot {N_QUERY_TRAIN}-query (Adam, lr 1e-4). "
+              f"{EPISODES // scale} episode(s) of 5-way {K_SHOT}-shot {N_QUERY_TRAIN}-query (Adam, lr 1e-4)"
+              f"{maml_budget}. "
               f"Evaluation: {args.episodes} seeded episodes per protocol on {NOVEL_PER_CLASS} images per new class, "
               f"{N_QUERY} queries per class, frozen features. Cells: mean accuracy % ± 95 % CI over episodes; "
               "base-trained columns add (paired difference to ImageNet weights on the same episodes ± 95 % CI).")

@@ -16,9 +16,9 @@ from a handful of images. Methods (a small registry, :data:`METHODS`; another on
   ``inner_lr`` x ``BACKBONE_INNER_LR_SCALE``), and the queries' loss at the adapted weights updates the layers (Adam).
 
 All start from the given backbone's weights (usually ImageNet), train the last ``last_n`` layer groups (every layer
-when None) with the finetune strategy's augmentation and schedule, keep BatchNorm statistics fixed (maml runs the model in eval mode, as the maml strategy does), call
-``check_interrupt()`` between batches and report a :class:`StepLog` per epoch (supervised) or per episode (episodic
-methods).
+when None) with the finetune strategy's augmentation and schedule, keep BatchNorm statistics fixed (maml runs the
+model in eval mode, as the maml strategy does), call ``check_interrupt()`` between batches and report a
+:class:`StepLog` per epoch (supervised) or per episode (episodic methods).
 
 The checkpoint is a safetensors file of the pooled-feature model's tensors (no classifier), with the provenance
 (architecture, base classes, method, source, date, data_config, image count) both in the safetensors header and in a
