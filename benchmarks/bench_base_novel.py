@@ -192,7 +192,9 @@ def main() -> None:
               f"{maml_budget}. "
               f"Evaluation: {args.episodes} seeded episodes per protocol on {NOVEL_PER_CLASS} images per new class, "
               f"{N_QUERY} queries per class, frozen features. Cells: mean accuracy % ± 95 % CI over episodes; "
-              "base-trained columns add (paired difference to ImageNet weights on the same episodes ± 95 % CI).")
+              "base-trained columns add (paired difference to ImageNet weights on the same episodes ± 95 % CI). "
+              "One pretraining run per column: CPU pretraining is not bit-for-bit reproducible, so the intervals "
+              "cover the evaluation episodes, not the pretraining's run-to-run variation.")
     missing = [m for m in EXTRA_METHODS if m not in METHODS]
     hook = (f"Not measured yet: {', '.join(missing)} (the column appears once fsl_app.pretrain registers the "
             "method)." if missing else "")
