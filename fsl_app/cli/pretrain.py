@@ -104,6 +104,7 @@ def _progress_printer(method: str):
         if method == "supervised" or step.step % PROGRESS_EVERY == 0 or step.step == 1:
             unit = "epoch" if method == "supervised" else "episode"
             accuracy = f" train_acc={step.train_acc:.3f}" if step.train_acc is not None else ""
+            accuracy += f" query_acc={step.val_acc:.3f}" if step.val_acc is not None else ""  # maml: adapted queries
             print(f"{unit} {step.epoch} loss={step.loss:.4f}{accuracy}", file=sys.stderr)
 
     return report
