@@ -386,7 +386,7 @@ def test_data_dir_with_one_class_is_a_clean_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("arguments, fragments", [
-    (["--strategy", "maml"], ["unknown strategy 'maml'", "linear"]),
+    (["--strategy", "reptile"], ["unknown strategy 'reptile'", "linear"]),
     (["--strategy", "linear", "--param", "gamma=3"], ["gamma", "classifier"]),
     (["--strategy", "linear", "--param", "C"], ["must look like name=value"]),
     (["--strategy", "linear", "--backbone", "resnet_nope"], ["unknown backbone"]),

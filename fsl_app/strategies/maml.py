@@ -23,7 +23,6 @@ import math
 
 import numpy as np
 import torch
-from timm.models import group_parameters
 from torch import nn
 from torch.func import functional_call
 
@@ -234,6 +233,8 @@ class ImageMAML(_MetaLearner, Strategy):
 
 def _last_group_names(model: nn.Module) -> list[str]:
     """Names of the parameters in the model's last ``LAST_GROUPS`` coarse layer groups (timm ``group_matcher``)."""
+    from timm.models import group_parameters  # timm is imported only where a backbone is adapted
+
     groups = group_parameters(model, model.group_matcher(coarse=True))
     ordered = [names for _, names in sorted(groups.items())]
     return [name for group in ordered[-LAST_GROUPS:] for name in group]
