@@ -266,7 +266,7 @@ def wait_for_finished_jobs(page, protocol: str, count: int) -> None:
         "([label, count]) => document.body.innerText.includes('Details for a bug report') || "
         "[...document.querySelectorAll('[data-testid=\"stMetricLabel\"]')]"
         ".filter(e => e.innerText.trim() === label).length >= count",
-        arg=[f"Accuracy ({protocol})", count], timeout=UI_TIMEOUT_MS)
+        arg=[f"Accuracy ({protocol})", count], timeout=UI_TIMEOUT_MS * max(1, count // 4))  # a job each strategy
     wait_idle(page)
     assert page.get_by_text("Details for a bug report").count() == 0, page.locator("body").inner_text()
 

@@ -72,6 +72,17 @@ def wait_idle(page) -> None:
     assert exceptions.count() == 0, exceptions.first.inner_text()
 
 
+def choose(page, key: str, option: str) -> None:
+    """Pick ``option`` in the selectbox with ``key`` (whatever its order and default): typing filters the list."""
+    box = page.locator(f".st-key-{key} input")
+    if box.input_value() != option:
+        box.click()
+        box.fill(option)
+        page.get_by_role("option", name=option, exact=True).click()
+        wait_idle(page)
+    assert box.input_value() == option
+
+
 def take_photo(page, toggle_key: str) -> None:
     """Turn the page's webcam toggle on and press the camera widget's shutter once the fake stream plays."""
     page.locator(f".st-key-{toggle_key} label").click()
@@ -99,8 +110,7 @@ def test_a_webcam_photo_joins_a_class_and_is_classified(studio, chromium, traine
             wait_idle(page)
             page.get_by_text(f"{CLASSES[1]} (2)").first.wait_for()  # the class browser's counter
             page.get_by_text("Take photos with the webcam").click()
-            page.locator(".st-key-camera-target").click()
-            page.get_by_role("option", name=CLASSES[1], exact=True).click()
+            choose(page, "camera-target", CLASSES[1])
             wait_idle(page)
             take_photo(page, "camera-data-on")
             page.get_by_text(f"1 image(s) added to {CLASSES[1]}").wait_for()
