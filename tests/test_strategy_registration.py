@@ -100,3 +100,10 @@ def test_the_cli_trains_and_validates_the_throwaway_strategy(throwaway, digits_d
                  str(tmp_path / "y")])
     err = capsys.readouterr().err
     assert code == EXIT_USAGE and "radius" in err and "shrink" in err
+
+
+def test_the_jobs_panel_keeps_a_whole_evaluate_every_strategy_batch_in_view():
+    from fsl_app.strategies import list_strategies
+    from fsl_app.views._jobs_panel import FINISHED_SHOWN
+
+    assert FINISHED_SHOWN >= len(list_strategies())
