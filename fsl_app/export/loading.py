@@ -22,8 +22,9 @@ import numpy as np
 from ..images import ImageError, load_image
 from ..preprocess import draft_size, eval_geometry, normalize_batch
 from .formats import UNKNOWN_LABEL, ModelFileError
-from .metadata import (check_archive_intact, check_bundle_archive, check_checksum, check_export_info, first_line,
-                       info_from_onnx_metadata, read_bundle_bytes, read_bundle_json, recorded_checksums)
+from .metadata import (check_archive_intact, check_bundle_archive, check_checksum, check_export_info,
+                       check_model_answers, first_line, info_from_onnx_metadata, read_bundle_bytes, read_bundle_json,
+                       recorded_checksums)
 from .threshold import is_unknown
 
 MAX_RUN_ZIP_BYTES = 4 * 2**30  # uncompressed size of a run zip this command unpacks
@@ -54,7 +55,8 @@ class OnnxRuntimePredictor:
         self.geometry = eval_geometry(self.data_config)
         self.draft = draft_size(self.data_config)
         self.input_name = self.session.get_inputs()[0].name
-        self._check_model_answers(source)
+        check_model_answers(source, lambda shape: self.logits(np.zeros(shape, dtype=np.float32)),
+                            self.data_config["input_size"], len(self.classes))
 
     @property
     def supported(self) -> bool:
@@ -107,20 +109,6 @@ class OnnxRuntimePredictor:
         answer = {"image": image, "label": UNKNOWN_LABEL if rejected else top[0]["label"],
                   "probability": top[0]["probability"], "top_k": top}
         return answer if ood_score is None else {**answer, "ood_score": float(ood_score)}
-
-    def _check_model_answers(self, source: Path) -> None:
-        """One blank image of the metadata's input size must give one logit per class the metadata names."""
-        blank = np.zeros((1, *self.data_config["input_size"]), dtype=np.float32)
-        try:
-            logits = self.logits(blank)
-        except Exception as error:  # noqa: BLE001 - the runtime raises many types for a model that does not fit
-            raise ModelFileError(f"{source}: the model does not accept the input size in its metadata "
-                                 f"{blank.shape} ({first_line(error)}). The file was modified; re-export it with "
-                                 "`fsl-app export`.") from error
-        if logits.ndim != 2 or logits.shape[1] != len(self.classes):
-            raise ModelFileError(f"{source}: the model outputs {logits.shape} for one image but its metadata names "
-                                 f"{len(self.classes)} classes. The file was modified; re-export it with `fsl-app "
-                                 "export`.")
 
 
 def open_onnx_bundle(bundle: Path) -> OnnxRuntimePredictor:

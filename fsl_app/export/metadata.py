@@ -48,6 +48,23 @@ def _check_preprocessing(preprocessing, source: Path) -> None:
         raise ModelFileError(f"{source}: input_size {size!r} is not [channels, height, width]. Re-export the run.")
 
 
+def check_model_answers(source, logits_of_blank, input_size, n_classes: int) -> None:
+    """One blank image of the metadata's ``input_size`` must give one logit per class the metadata names.
+
+    ``logits_of_blank(shape)`` runs the model on zeros of ``shape`` (1, 3, H, W) in its own runtime (numpy or torch).
+    """
+    shape = (1, *input_size)
+    try:
+        logits = logits_of_blank(shape)
+    except Exception as error:  # noqa: BLE001 - the runtimes raise many types for a model that does not fit
+        raise ModelFileError(f"{source}: the model does not accept the input size in its metadata "
+                             f"{tuple(shape)} ({first_line(error)}). The file was modified; re-export it with "
+                             "`fsl-app export`.") from error
+    if logits.ndim != 2 or logits.shape[1] != n_classes:
+        raise ModelFileError(f"{source}: the model outputs {tuple(logits.shape)} for one image but its metadata names "
+                             f"{n_classes} classes. The file was modified; re-export it with `fsl-app export`.")
+
+
 def first_line(error: Exception) -> str:
     """The first line of an error message (runtimes raise long multi-line messages), at most 200 characters."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

@@ -20,7 +20,8 @@ from ..images import ImageError, load_image
 from ..preprocess import draft_size
 from .bundle_reader import load_bundle
 from .formats import UNKNOWN_LABEL, ModelFileError
-from .metadata import check_export_info, first_line, info_from_onnx_metadata, read_torchscript_info
+from .metadata import (check_export_info, check_model_answers, first_line, info_from_onnx_metadata,
+                       read_torchscript_info)
 from .prepare import split_outputs
 from .threshold import is_unknown
 
@@ -224,18 +225,8 @@ def load_predictor(path: str | Path) -> Predictor:
 
 
 def _check_model_answers(predictor: Predictor, path: Path) -> None:
-    """One blank image of the metadata's input size must give one logit per class named in the metadata."""
-    blank = torch.zeros(1, *predictor.data_config["input_size"])
-    try:
-        logits = predictor.logits(blank)
-    except Exception as error:  # noqa: BLE001 - the runtimes raise many types for a model that does not fit
-        raise ModelFileError(f"{path}: the model does not accept the input size in its metadata "
-                             f"{tuple(blank.shape)} ({first_line(error)}). The file was modified; re-export it with "
-                             "`fsl-app export`.") from error
-    if logits.ndim != 2 or logits.shape[1] != len(predictor.classes):
-        raise ModelFileError(f"{path}: the model outputs {tuple(logits.shape)} for one image but its metadata names "
-                             f"{len(predictor.classes)} classes. The file was modified; re-export it with `fsl-app "
-                             "export`.")
+    check_model_answers(path, lambda shape: predictor.logits(torch.zeros(shape)), predictor.data_config["input_size"],
+                        len(predictor.classes))
 
 
 def _open_onnx_session(path: Path):
