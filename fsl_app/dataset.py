@@ -101,9 +101,15 @@ class ImageSet:
         except KeyError as error:
             raise DataError(f"label {error.args[0]!r} is not one of the classes {classes}.") from None
 
-    def load(self, index: int, *, draft: tuple[int, int] | None = None) -> Image.Image:
-        """Image ``index`` as upright RGB; ``draft`` (width, height): a JPEG may decode at reduced scale down to it."""
-        return load_image(self.records[index].path, draft=draft)
+    def load(self, index: int, *, side: int | None = None) -> Image.Image:
+        """Image ``index`` as upright RGB: every pixel, or with ``side`` as the models read it
+        (:func:`fsl_app.images.decode_for_model`, from its working copy when it has one)."""
+        record = self.records[index]
+        if side is None:
+            return load_image(record.path)
+        from .working_copies import load_working
+
+        return load_working(record.path, record.sha256, side)
 
     def check_trainable(self, *, min_per_class: int = 1) -> None:
         """Raise :class:`DataError` unless there are two classes with ``min_per_class`` images each."""

@@ -36,6 +36,7 @@ from .augment import build_augment, seed_pipeline
 from .backbones import Backbone, at_input_size, load_backbone
 from .dataset import ImageRecord, ImageSet
 from .features import pick_device
+from .preprocess import working_side
 from .runs import RunResult, load_run, new_run_name, read_run, train_run
 from .strategies import StepLog, Strategy
 from .strategies._training import AugmentedImages, freeze_batchnorm, warmup_cosine
@@ -174,7 +175,8 @@ class DistilledStudent(FineTune):
         model = self._build_model(backbone, len(classes))
         if self.head_init == "linear_probe":
             self._init_head_from_probe(model, support, y[:len(support)])
-        images = [taught.load(i) for i in range(len(taught))]
+        side = working_side(backbone.data_config)
+        images = [taught.load(i, side=side) for i in range(len(taught))]
         self.model_ = self._distill(model, images, y, targets, on_step).eval().cpu()
         self.pool_used_ = len(pool)
         self.classes_ = classes  # set last: a crash mid-fit must not leave an object that looks fitted

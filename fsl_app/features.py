@@ -8,8 +8,9 @@ Preprocessing is timm's eval transform, split in two so it is cheap: the PIL res
 worker threads (Pillow releases the GIL), then ``ToTensor`` + ``Normalize`` run once per batch as vectorized numpy
 with the same float32 operations in the same order, so the batch is bit-identical to stacking ``eval_transform``
 outputs (:class:`BatchPreprocessor`, built from the data config without importing timm; any other transform falls
-back to calling it per image). JPEGs are decoded at reduced scale down to twice the resize target
-(:func:`fsl_app.preprocess.draft_size`), the rule every export applies too. The engine is built on first use, so an
+back to calling it per image). Images are read at twice the resize target (:func:`fsl_app.images.decode_for_model`:
+JPEG DCT scaling, then a resize), the rule every export applies too; large photos come from their working copies
+(:mod:`fsl_app.working_copies`), which hold the same pixels. The engine is built on first use, so an
 extraction served entirely from the cache loads no ONNX session and no timm. On CPU the extraction
 is data-parallel by default: each worker thread decodes, preprocesses and forwards its own slice of a batch through a
 single-threaded ONNX Runtime session, so decoding never waits for the forward pass and no thread spins idle.
@@ -35,7 +36,8 @@ from .atomic import open_atomic
 from .backbones import Backbone
 from .dataset import ImageSet
 from .images import load_image
-from .preprocess import DRAFT_FACTOR, draft_size, eval_geometry
+from .preprocess import DRAFT_FACTOR, eval_geometry, working_side
+from .working_copies import cache_root, load_working
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +63,6 @@ def describe_device(device: torch.device) -> str:
     if device.type == "mps":
         return "Apple GPU (MPS)"
     return f"CPU ({torch.get_num_threads()} threads)"
-
-
-def cache_root() -> Path:
-    """``FSL_APP_CACHE``, else the platform's user cache dir."""
-    configured = os.environ.get("FSL_APP_CACHE")
-    if configured:
-        return Path(configured)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("fsl_app"))
 
 
 def eval_transform(data_config: dict) -> Callable[[Image.Image], torch.Tensor]:
@@ -224,9 +216,10 @@ class FeatureExtractor:
         self.cache = cache if cache is not None else default_cache()
         self.preprocessor = BatchPreprocessor.from_data_config(backbone.data_config)
         self._transform = None
-        self.draft = draft_size(backbone.data_config)  # JPEGs decode at reduced scale down to twice the resize
-        # "d2": JPEGs decoded at reduced scale down to twice the resize (features made before that are not reused)
-        self.namespace = f"{backbone.id}-{preprocessing_key(backbone.data_config)}-d{DRAFT_FACTOR}"
+        self.side = working_side(backbone.data_config)  # None: decode every pixel (benchmarks compare with it)
+        self.working_copies = True  # False: decode every file (benchmarks measure the first read)
+        # "w2": images read at twice the resize (features made with another reading rule are not reused)
+        self.namespace = f"{backbone.id}-{preprocessing_key(backbone.data_config)}-w{DRAFT_FACTOR}"
         self.num_workers = num_workers or cpu_threads()
         self._requested = (os.environ.get("FSL_APP_ENGINE", engine) if engine == "auto" else engine, parallel)
         self._engine_forward = None
@@ -333,7 +326,10 @@ class FeatureExtractor:
 
     # --- the pipeline ---
     def _load_array(self, record) -> np.ndarray | torch.Tensor:
-        image = load_image(record.path, draft=self.draft)
+        if self.side is None:
+            image = load_image(record.path)
+        else:
+            image = load_working(record.path, record.sha256, self.side, copies=self.working_copies)
         return self.preprocessor.to_array(image) if self.preprocessor is not None else self.transform(image)
 
     def _stack(self, items: list) -> torch.Tensor:

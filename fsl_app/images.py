@@ -122,6 +122,33 @@ def load_image(path: str | Path, *, max_pixels: int = MAX_PIXELS, draft: tuple[i
     return decode_image(read_image_file(path), str(path), max_pixels=max_pixels, draft=draft)
 
 
+def decode_for_model(data: bytes, name: str, side: int) -> Image.Image:
+    """The image every model of fsl_app reads (training, evaluation and every export): decoded at reduced JPEG scale
+    keeping at least ``side`` pixels on each axis (:func:`decode_image`'s ``draft``), then resized so that its
+    shorter side is at most ``side`` (:func:`reduce_to`). ``side`` is twice the model's resize
+    (:func:`fsl_app.preprocess.working_side`), so the exact resize that follows always shrinks by at least 2."""
+    return reduce_to(decode_image(data, name, draft=(side, side)), side)
+
+
+def load_for_model(path: str | Path, side: int) -> Image.Image:
+    """:func:`decode_for_model` of a file."""
+    return decode_for_model(read_image_file(path), str(path), side)
+
+
+def reduce_to(image: Image.Image, side: int) -> Image.Image:
+    """``image`` resized (bilinear, antialiased) so that its shorter side is ``side``; smaller images unchanged.
+
+    The longer side keeps the proportion, rounded to the nearest pixel. The bundle scripts repeat this rule
+    (``bundle_io.reduce_to``), so a standalone export reads a photo exactly as training read it.
+    """
+    short, long = sorted(image.size)
+    if short <= side:
+        return image
+    other = int(round(long * side / short))
+    size = (side, other) if image.width <= image.height else (other, side)
+    return image.resize(size, Image.Resampling.BILINEAR)
+
+
 def read_image_file(path: str | Path, *, max_bytes: int | None = None) -> bytes:
     """The bytes of a regular file of at most ``max_bytes`` (default :data:`MAX_BYTES`), or :class:`ImageError`.
 

@@ -250,14 +250,13 @@ def fit_run_autoencoder(strategy, images, backbone, directory: str | Path, *, se
 
         features = get_extractor(backbone).extract(images)
     else:
-        from .images import load_image
-        from .preprocess import draft_size
+        from .preprocess import working_side
 
         module = as_image_classifier(strategy.to_module().eval())
         if module is None:
             return None
-        draft = draft_size(backbone.data_config)  # decoded as training and every predictor decode them
-        features = module_features(module, [load_image(r.path, draft=draft) for r in images.records],
+        side = working_side(backbone.data_config)  # read as training and every predictor read them
+        features = module_features(module, [images.load(i, side=side) for i in range(len(images))],
                                    backbone.data_config)
     save_autoencoder(fit_autoencoder(features, seed=seed), directory)
     return time.perf_counter() - started

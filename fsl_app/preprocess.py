@@ -5,10 +5,12 @@ is_training=False)`` for its ``center`` and ``squash`` crop modes (the same Pill
 pixels are identical; tests/test_preprocess.py checks it against timm), and :func:`normalize_batch` its
 ``ToTensor`` + ``Normalize`` in float32. Prediction from an ``.onnx`` or a bundle uses them without importing torch.
 
-:func:`draft_size` is the smallest decoded size that keeps at least twice the pixels the resize produces: JPEGs are
-decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's ``Image.draft``) down to that size, then resized
-exactly. Training, evaluation and every export read images through the same rule, so an exported model sees what
-training saw.
+:func:`working_side` is the size a model reads an image at before its own resize: twice that resize. JPEGs are
+decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's ``Image.draft``, :func:`draft_size`) down to that
+size, and anything larger is then resized to it (:func:`fsl_app.images.decode_for_model`); the exact resize of
+the eval transform follows. Training, evaluation and every export read images through the same rule, so an
+exported model sees what training saw; :mod:`fsl_app.working_copies` keeps the result of the rule for large
+photos so that it is computed once.
 """
 
 from __future__ import annotations
@@ -32,10 +34,16 @@ def scale_size(data_config: dict) -> tuple[int, int]:
     return math.floor(height / crop_pct), math.floor(width / crop_pct)
 
 
+def working_side(data_config: dict) -> int:
+    """The shorter side of the image a model of this preprocessing reads (:func:`fsl_app.images.decode_for_model`):
+    twice the resize before the crop."""
+    height, width = scale_size(data_config)
+    return DRAFT_FACTOR * max(height, width)
+
+
 def draft_size(data_config: dict) -> tuple[int, int]:
     """(width, height) a JPEG must at least keep when decoded at reduced scale for this preprocessing."""
-    height, width = scale_size(data_config)
-    side = DRAFT_FACTOR * max(height, width)
+    side = working_side(data_config)
     return side, side
 
 

@@ -47,6 +47,7 @@ from .augment import build_augment, seed_pipeline
 from .backbones import CHECKPOINT_FORMAT, PROVENANCE_KEY, Backbone, sidecar_path
 from .dataset import DataError, ImageSet
 from .features import pick_device
+from .preprocess import working_side
 from .strategies._episodic import _negative_distance
 from .strategies._training import AugmentedImages, freeze_batchnorm, warmup_cosine
 from .strategies.base import OnStep, StepLog, check_interrupt
@@ -148,7 +149,8 @@ def _trainable(model: nn.Module, last_n: int | None) -> list[nn.Parameter]:
 def _dataset(images: ImageSet, data_config: dict, settings: PretrainSettings) -> AugmentedImages:
     pipeline = build_augment(settings.augment)
     seed_pipeline(pipeline, settings.seed)
-    return AugmentedImages([images.load(i) for i in range(len(images))], images.label_indices().tolist(),
+    side = working_side(data_config)
+    return AugmentedImages([images.load(i, side=side) for i in range(len(images))], images.label_indices().tolist(),
                            data_config, pipeline)
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -156,6 +154,8 @@ def _probe(address: str, timeout: float) -> None:
     except ValueError:
         raise RayPredictError(f"Ray address {address!r} has no valid port. Pass host:port, e.g. 10.0.0.5:6379 or "
                               "ray://10.0.0.5:10001, or --ray alone for a local Ray.") from None
+    import socket
+
     try:
         with socket.create_connection((host or "127.0.0.1", port_number), timeout=timeout):
             pass
@@ -180,6 +180,8 @@ def parts_folder(out: Path) -> Path:
 
 def write_part(out: Path, rows) -> Path:
     """Write one part (a pandas DataFrame of :data:`COLUMNS`) atomically into ``FILE.parts/``."""
+    import uuid
+
     from .atomic import open_atomic
 
     folder = parts_folder(out)

@@ -29,17 +29,17 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 class Spy:
-    """Counts images decoded by the extractor (``fsl_app.features.load_image``)."""
+    """Counts images read by the extractor (``fsl_app.features.load_working``)."""
 
     def __init__(self, monkeypatch):
         self.decoded = 0
-        original = features_module.load_image
+        original = features_module.load_working
 
         def counting(path, *args, **kwargs):
             self.decoded += 1
             return original(path, *args, **kwargs)
 
-        monkeypatch.setattr(features_module, "load_image", counting)
+        monkeypatch.setattr(features_module, "load_working", counting)
 
 
 def with_other_weights(backbone: Backbone) -> Backbone:

@@ -7,7 +7,7 @@
   predicts with :class:`fsl_app.export.predictors.RunPredictor` (frozen-feature runs through the cached ONNX engine).
 - TorchScript and anything this module cannot serve go to :func:`fsl_app.export.predictors.load_predictor`.
 
-Images are decoded with the rule training used (JPEG draft down to twice the resize, :mod:`fsl_app.preprocess`).
+Images are read with the rule training used (twice the resize: JPEG draft, then a resize; :func:`fsl_app.images.decode_for_model`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..images import ImageError, load_image
-from ..preprocess import draft_size, eval_geometry, normalize_batch
+from ..images import ImageError, load_for_model
+from ..preprocess import eval_geometry, normalize_batch, working_side
 from .formats import UNKNOWN_LABEL, ModelFileError
 from .metadata import (check_archive_intact, check_bundle_archive, check_checksum, check_export_info,
                        check_model_answers, first_line, info_from_onnx_metadata, read_bundle_bytes, read_bundle_json,
@@ -53,7 +53,7 @@ class OnnxRuntimePredictor:
         self.data_config = self.info["preprocessing"]
         self.threshold, self.ood_limit = self.info.get("threshold"), self.info.get("ood_limit")
         self.geometry = eval_geometry(self.data_config)
-        self.draft = draft_size(self.data_config)
+        self.side = working_side(self.data_config)
         self.input_name = self.session.get_inputs()[0].name
         check_model_answers(source, lambda shape: self.logits(np.zeros(shape, dtype=np.float32)),
                             self.data_config["input_size"], len(self.classes))
@@ -91,7 +91,7 @@ class OnnxRuntimePredictor:
             loaded, good = [], []
             for path in paths[start:start + batch_size]:
                 try:
-                    loaded.append(load_image(path, draft=self.draft))
+                    loaded.append(load_for_model(path, self.side))
                     good.append(path)
                 except ImageError as error:
                     results[str(path)] = {"image": str(path), "error": str(error)}

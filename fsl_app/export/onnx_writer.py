@@ -76,14 +76,15 @@ def calibration_batch(exportable: Exportable, limit: int = CALIBRATION_LIMIT):
     import numpy as np
 
     from ..features import images_to_batch
-    from ..images import ImageError, load_image
+    from ..images import ImageError, load_for_model
+    from ..preprocess import working_side
 
     images = []
     for path in exportable.calibration:
         if len(images) >= limit:
             break
         try:
-            images.append(load_image(path))
+            images.append(load_for_model(path, working_side(exportable.info["preprocessing"])))
         except (ImageError, OSError):
             continue
     if not images:

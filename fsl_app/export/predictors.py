@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..images import ImageError, load_image
-from ..preprocess import draft_size
+from ..images import ImageError, load_for_model
+from ..preprocess import working_side
 from .bundle_reader import load_bundle
 from .formats import UNKNOWN_LABEL, ModelFileError
 from .metadata import (check_export_info, check_model_answers, first_line, info_from_onnx_metadata,
@@ -73,7 +73,7 @@ class Predictor:
             loaded, good = [], []
             for path in chunk:
                 try:
-                    loaded.append(load_image(path, draft=draft_size(self.data_config)))  # as training read it
+                    loaded.append(load_for_model(path, working_side(self.data_config)))  # as training read it
                     good.append(path)
                 except ImageError as error:
                     results.append({"image": str(path), "error": str(error)})

@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..images import load_image
+from ..images import load_for_model
+from ..preprocess import working_side
 from .predictors import PREDICTORS_BY_SUFFIX, Predictor, RunPredictor
 from .writers import export_run
 
@@ -146,7 +147,8 @@ def _batch(image_paths: Sequence[str | Path], data_config: dict) -> torch.Tensor
 
     if not image_paths:
         raise ValueError("no images to measure the variants on. Add images to the project.")
-    return images_to_batch([load_image(Path(path)) for path in image_paths], data_config)
+    side = working_side(data_config)  # read as training and every predictor read them
+    return images_to_batch([load_for_model(Path(path), side) for path in image_paths], data_config)
 
 
 def _failed(name: str, path: Path | None, error: str, n_images: int) -> VariantReport:

@@ -8,29 +8,67 @@ Typical use::
     project.set_labels(report.added_ids[:3], "rust", create_missing_class=True)
     project.undo_last_label_change()
     images = project.image_set(labeled_only=True)       # -> fsl_app.dataset.ImageSet for training
+
+The names are imported from their modules on first use (PEP 562): a command that needs one of them does not load
+the whole store.
 """
 
-from .duplicates import NEAR_DUPLICATE_MAX_DISTANCE, near_duplicate_pairs, similar_pairs_from_embeddings
-from .errors import (ArchiveError, ClassExistsError, ClassNotFoundError, ImageNotFoundError, InvalidNameError,
-                     ProjectExistsError, ProjectNotFoundError, SchemaError, StoreBusyError, StoreError)
-from .exporting import ExportReport
-from .fsck import FsckReport
-from .importing import AddedImage, DuplicateImage, ImportReport
-from .names import validate_class_name, validate_project_name
-from .project import LabelBatch, Project, StoredImage
-from ._labels import UndoResult
-from .snapshots import RunInfo, RunSnapshot, SnapshotImage
-from .stats import ProjectStats
-from .suggest import Suggestion, suggest_for_project, suggest_labels
-from .workspace import (create_project, delete_project, empty_trash, list_projects, open_project, rename_project,
-                        resolve_image_set, workspace_home)
+from __future__ import annotations
 
-__all__ = [
-    "AddedImage", "ArchiveError", "ClassExistsError", "ClassNotFoundError", "DuplicateImage", "ExportReport",
-    "FsckReport", "ImageNotFoundError", "ImportReport", "InvalidNameError", "LabelBatch",
-    "NEAR_DUPLICATE_MAX_DISTANCE", "Project", "ProjectExistsError", "ProjectNotFoundError", "ProjectStats",
-    "RunInfo", "RunSnapshot", "SchemaError", "SnapshotImage", "StoreBusyError", "StoreError", "StoredImage",
-    "Suggestion", "UndoResult", "create_project", "delete_project", "empty_trash", "list_projects",
-    "near_duplicate_pairs", "open_project", "rename_project", "resolve_image_set", "similar_pairs_from_embeddings",
-    "suggest_for_project", "suggest_labels", "validate_class_name", "validate_project_name", "workspace_home",
-]
+import importlib
+
+_MODULE_OF = {
+    "AddedImage": "importing",
+    "ArchiveError": "errors",
+    "ClassExistsError": "errors",
+    "ClassNotFoundError": "errors",
+    "DuplicateImage": "importing",
+    "ExportReport": "exporting",
+    "FsckReport": "fsck",
+    "ImageNotFoundError": "errors",
+    "ImportReport": "importing",
+    "InvalidNameError": "errors",
+    "LabelBatch": "project",
+    "NEAR_DUPLICATE_MAX_DISTANCE": "duplicates",
+    "Project": "project",
+    "ProjectExistsError": "errors",
+    "ProjectNotFoundError": "errors",
+    "ProjectStats": "stats",
+    "RunInfo": "snapshots",
+    "RunSnapshot": "snapshots",
+    "SchemaError": "errors",
+    "SnapshotImage": "snapshots",
+    "StoreBusyError": "errors",
+    "StoreError": "errors",
+    "StoredImage": "project",
+    "Suggestion": "suggest",
+    "UndoResult": "_labels",
+    "create_project": "workspace",
+    "delete_project": "workspace",
+    "empty_trash": "workspace",
+    "list_projects": "workspace",
+    "near_duplicate_pairs": "duplicates",
+    "open_project": "workspace",
+    "rename_project": "workspace",
+    "resolve_image_set": "workspace",
+    "similar_pairs_from_embeddings": "duplicates",
+    "suggest_for_project": "suggest",
+    "suggest_labels": "suggest",
+    "validate_class_name": "names",
+    "validate_project_name": "names",
+    "workspace_home": "workspace",
+}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_MODULE_OF])

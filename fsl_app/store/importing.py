@@ -5,7 +5,8 @@ report as a duplicate, as skipped (hidden and system entries) or as rejected wit
 read (:func:`fsl_app.images.read_image_file`). Files are decoded (:func:`fsl_app.images.decode_image`: size,
 pixel and corruption checks), hashed and written to the object store first; their rows are inserted afterwards, in
 batches, each batch one transaction. A crash therefore leaves at worst object files without rows, which
-:meth:`Project.fsck` removes; never a row without its file.
+:meth:`Project.fsck` removes; never a row without its file. A large photo also gets its working copy
+(:mod:`fsl_app.working_copies`) so that training never decodes it at full size again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .. import images as image_io
 from ..dataset import is_hidden_or_system, skip_reason, walk_files
 from ..images import IMAGE_EXTENSIONS, ImageError, decode_image, is_image_name, read_image_file, sha256_bytes
 from . import _labels
+from ..working_copies import make_working_copy
 from .duplicates import image_signature
 from .errors import ArchiveError, InvalidNameError, StoreError
 from .names import name_key, printable, validate_class_name
@@ -209,6 +211,7 @@ class _Importer:
             self._duplicate(entry.name, sha256, label)
             return None
         image = _decode(data, entry.name)
+        make_working_copy(data, entry.name, sha256)  # a large photo: read once now as the default backbone reads it
         return _Pending(name=entry.name, sha256=sha256, ext=Path(entry.name).suffix.lower(), label=label, data=data,
                         width=image.width, height=image.height, phash=image_signature(image))
 

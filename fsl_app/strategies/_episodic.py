@@ -13,7 +13,7 @@ from ..augment import build_augment, seed_pipeline
 from ..backbones import Backbone
 from ..dataset import ImageSet
 from ..features import pick_device
-from ..preprocess import draft_size
+from ..preprocess import working_side
 from ._training import AugmentedImages, freeze_batchnorm
 from .base import OnStep, StepLog, check_interrupt
 
@@ -36,8 +36,8 @@ def episodic_finetune(backbone: Backbone, support: ImageSet, *, episodes: int, l
     y = support.label_indices()
     pipeline = build_augment("light")
     seed_pipeline(pipeline, seed)
-    draft = draft_size(backbone.data_config)
-    images = [support.load(i, draft=draft) for i in range(len(support))]
+    side = working_side(backbone.data_config)
+    images = [support.load(i, side=side) for i in range(len(support))]
     dataset = AugmentedImages(images, y.tolist(), backbone.data_config, pipeline)
     model = copy.deepcopy(backbone.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)

@@ -26,7 +26,7 @@ from ..augment import build_augment, seed_pipeline
 from ..backbones import Backbone
 from ..dataset import ImageSet
 from ..features import eval_transform, extract_features, pick_device
-from ..preprocess import draft_size
+from ..preprocess import working_side
 from ._heads import binary_to_two_columns
 from ._registry import register_strategy
 from ._training import (AugmentedImages, current_fabric, freeze_batchnorm, l2sp_penalty, sharded_loader,
@@ -98,8 +98,8 @@ class FineTune(Strategy):
         classes = support.classes
         self.backbone_ = backbone
         y = support.label_indices(classes)
-        draft = draft_size(backbone.data_config)
-        images = [support.load(i, draft=draft) for i in range(len(support))]
+        side = working_side(backbone.data_config)
+        images = [support.load(i, side=side) for i in range(len(support))]
         train_idx, val_idx = stratified_validation_split(y, self.val_fraction, self.seed)
         model = self._build_model(backbone, len(classes))
         if self.head_init == "linear_probe":
@@ -255,8 +255,8 @@ class FineTune(Strategy):
 
     def _preprocess(self, images: ImageSet) -> torch.Tensor:
         transform = eval_transform(self.backbone_.data_config)
-        draft = draft_size(self.backbone_.data_config)
-        return torch.stack([transform(images.load(i, draft=draft)) for i in range(len(images))]) if len(images) else \
+        side = working_side(self.backbone_.data_config)
+        return torch.stack([transform(images.load(i, side=side)) for i in range(len(images))]) if len(images) else \
             torch.zeros(0, *self.backbone_.input_size)
 
     def embed(self, images: ImageSet) -> torch.Tensor:

@@ -29,6 +29,7 @@ from torch.func import functional_call
 from ..backbones import Backbone
 from ..dataset import ImageSet
 from ..features import FeatureCache, FeatureExtractor, images_to_batch
+from ..preprocess import working_side
 from . import _meta_learning as meta
 from ._heads import FeatureNormalizer, LinearHead, head_from_config
 from ._registry import register_strategy
@@ -182,7 +183,8 @@ class ImageMAML(_MetaLearner, Strategy):
         model = copy.deepcopy(backbone.model).eval().requires_grad_(False)
         body_keys = _last_group_names(model)
         theta = backbone_meta_params(model, body_keys)
-        batch = images_to_batch([support.load(i) for i in range(len(support))], backbone.data_config)
+        side = working_side(backbone.data_config)
+        batch = images_to_batch([support.load(i, side=side) for i in range(len(support))], backbone.data_config)
         adapted, centre = self._meta_fit(theta, backbone_body(model, body_keys), batch, support.label_indices(),
                                          body_keys, on_step)
         model.load_state_dict({key: adapted[key].detach() for key in body_keys}, strict=False)

@@ -59,7 +59,8 @@ def draft_size(preprocessing: dict) -> tuple:
 def load_rgb(path, draft=None) -> Image.Image:
     """An RGB image as fsl_app sees it: EXIF orientation applied, 16/32-bit mapped to 8 bits, alpha over white.
 
-    ``draft`` (:func:`draft_size`): a JPEG decodes at 1/2, 1/4 or 1/8 scale down to that size, as training did.
+    ``draft`` (:func:`draft_size`): a JPEG decodes at 1/2, 1/4 or 1/8 scale down to that size, then any image larger
+    than it is resized to it (:func:`reduce_to`), as training read it.
     """
     image = Image.open(path)
     if draft is not None and image.format == "JPEG":
@@ -79,7 +80,17 @@ def load_rgb(path, draft=None) -> Image.Image:
         image = Image.fromarray(array, mode="L")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:  # alpha over white, as fsl_app does
         image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
-    return image.convert("RGB")
+    image = image.convert("RGB")
+    return image if draft is None else reduce_to(image, min(draft))
+
+
+def reduce_to(image: Image.Image, side: int) -> Image.Image:
+    """Shorter side down to ``side`` (bilinear), the longer in proportion: fsl_app.images.reduce_to, as training."""
+    short, long = sorted(image.size)
+    if short <= side:
+        return image
+    other = int(round(long * side / short))
+    return image.resize((side, other) if image.width <= image.height else (other, side), Image.BILINEAR)
 
 
 def _value_range(mode: str, array: np.ndarray) -> tuple[float, float]:
