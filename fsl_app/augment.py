@@ -92,9 +92,15 @@ def preview(pipeline: A.Compose, images: Sequence[Image.Image], copies: int = 4,
 
 
 def preview_paths(paths: Sequence[Path], pipeline: dict, *, copies: int = 4, seed: int = 0,
-                  max_side: int = 256) -> list[list[Image.Image]]:
-    """Rows of ``copies`` augmented thumbnails per image file; the same seed gives the same grid."""
-    sources = [thumbnail(load_image(path, draft=(2 * max_side, 2 * max_side)), max_side) for path in paths]
+                  max_side: int = 256, shas: Sequence[str] | None = None) -> list[list[Image.Image]]:
+    """Rows of ``copies`` augmented thumbnails per image file; the same seed gives the same grid. With the files'
+    ``shas`` (stored images), large photos are read from their working copies (:mod:`fsl_app.working_copies`)."""
+    if shas is None:
+        sources = [thumbnail(load_image(path, draft=(2 * max_side, 2 * max_side)), max_side) for path in paths]
+    else:
+        from .working_copies import load_working
+
+        sources = [thumbnail(load_working(path, sha, 2 * max_side), max_side) for path, sha in zip(paths, shas)]
     return preview(build_augment(pipeline), sources, copies=copies, seed=seed)
 
 

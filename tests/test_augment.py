@@ -165,6 +165,8 @@ def test_project_augment_is_saved_in_the_project_folder_and_previews_are_seeded(
     second = preview_paths(paths, pipeline, copies=3, seed=4)
     assert len(first) == 2 and len(first[0]) == 3
     assert [np.asarray(im).tolist() for im in first[0]] == [np.asarray(im).tolist() for im in second[0]]
+    stored = preview_paths(paths, pipeline, copies=3, seed=4, shas=["a" * 64, "b" * 64])  # through working copies
+    assert [np.asarray(im).tolist() for im in stored[1]] == [np.asarray(im).tolist() for im in first[1]]
 
 
 def test_a_damaged_augment_file_falls_back_to_the_light_preset(tmp_path):

@@ -93,7 +93,8 @@ def preview(project, pipeline: dict) -> None:
     seed = right.number_input("Seed", 0, 10_000, 0, key="aug-seed")
     by_id = {image.id: image for image in images}
     try:
-        rows = augment.preview_paths([by_id[i].path for i in chosen], pipeline, copies=copies, seed=int(seed))
+        rows = augment.preview_paths([by_id[i].path for i in chosen], pipeline, copies=copies, seed=int(seed),
+                                     shas=[by_id[i].sha256 for i in chosen])
     except Exception as error:  # noqa: BLE001 - an unusable pipeline or image
         _shared.show_error(error, prefix="Cannot preview: ")
         return
