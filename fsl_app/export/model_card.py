@@ -126,8 +126,13 @@ def _number(value) -> str:
 
 
 def _describe_preprocessing(preprocessing: dict) -> str:
+    from ..preprocess import working_side
+
     _, height, width = preprocessing["input_size"]
-    return (f"RGB, {preprocessing.get('interpolation')} resize and center crop to {height} x {width} "
+    side = working_side(preprocessing)
+    return (f"RGB; an image larger than {side} px on its shorter side is first reduced to {side} px (JPEGs decoded "
+            f"at 1/2, 1/4 or 1/8 scale down to it, then a bilinear resize; `bundle_io.load_rgb` does this), then "
+            f"{preprocessing.get('interpolation')} resize and center crop to {height} x {width} "
             f"(crop_pct {preprocessing.get('crop_pct')}), normalized with mean {preprocessing.get('mean')} and std "
             f"{preprocessing.get('std')} (timm's eval transform)")
 
