@@ -324,6 +324,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 and 10,000 images only")
     parser.add_argument("--sizes", default=None, help="comma-separated image counts")
+    parser.add_argument("--keep-home", type=Path, default=None,
+                        help="use this workspace folder and keep it (profiling: import the projects once); "
+                             "a project already there is not imported again")
+    parser.add_argument("--steps", default=None, help="comma-separated steps to run (no report unless all run)")
     parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -335,19 +339,23 @@ def main() -> None:
     info = _report.machine_info()
     import _datasets
 
-    home = _datasets.data_root() / f"scale-home-{os.getpid()}"
+    home = args.keep_home or _datasets.data_root() / f"scale-home-{os.getpid()}"
+    steps = args.steps.split(",") if args.steps else STEPS
     results, generate_seconds = {}, {}
     try:
         for n in sizes:
             started = time.perf_counter()
             folder = synthetic_folder(n)
             generate_seconds[n] = time.perf_counter() - started
-            results[n] = {step: measure(step, n, home, folder) for step in STEPS}
-        report(sizes, results, info, generate_seconds)  # before the clean-up: 100,000 files take minutes to delete
+            kept = args.keep_home and any((home / "projects").glob(f"{project_name(n)}*"))
+            results[n] = {step: measure(step, n, home, folder) for step in steps if not (kept and step == "import")}
+        if steps == STEPS and not args.keep_home:
+            report(sizes, results, info, generate_seconds)  # before the clean-up: 100,000 files take minutes
     finally:
-        import shutil
+        if not args.keep_home:
+            import shutil
 
-        shutil.rmtree(home, ignore_errors=True)
+            shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from ..dataset import ImageRecord, ImageSet
 from . import _labels
 from ._db import connect, migrate, read_transaction, write_transaction
 from ._labels import UndoResult, chunks, now_iso
-from .duplicates import NEAR_DUPLICATE_MAX_DISTANCE, near_duplicate_pairs
+from .duplicates import NEAR_DUPLICATE_MAX_DISTANCE, load_pairs, near_duplicate_pairs, pairs_key, save_pairs
 from .errors import ClassExistsError, ImageNotFoundError, StoreError
 from .exporting import ExportReport, export_imagefolder_zip
 from .fsck import FsckReport, check_project
@@ -30,6 +30,7 @@ from .snapshots import RunInfo, RunSnapshot, list_runs, record_run, run_snapshot
 from .stats import ProjectStats, project_stats
 
 DB_FILE = "project.db"
+NEAR_DUPLICATES_FILE = "cache/near_duplicates.json"  # the last search's pairs, keyed by the signatures searched
 
 _IMAGE_COLUMNS = ("i.id, i.sha256, i.ext, c.name AS label, i.source_name, i.added_at, i.width, i.height, "
                   "i.size_bytes, i.phash")
@@ -78,7 +79,7 @@ class Project:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._conn_pid: int | None = None
-        self._near_duplicates: dict[tuple, list[tuple[int, int, int]]] = {}
+        self._near_duplicates: dict[str, list[tuple[int, int, int]]] = {}
         with self._lock:
             migrate(self._connection())
         self._recover_interrupted_deletes()
@@ -376,18 +377,25 @@ class Project:
     def near_duplicates(self, max_distance: int = NEAR_DUPLICATE_MAX_DISTANCE) -> list[tuple[int, int, int]]:
         """Pairs ``(image_id_a, image_id_b, phash hamming distance)`` with distance <= ``max_distance``.
 
-        Remembered per set of images (count, largest id and id total: ids are never reused), so the pages that show
-        them on every rerun search a 100,000-image project once, not every time.
+        The search runs once per set of stored signatures: its answer is kept, under a digest of every image id and
+        signature (:func:`~.duplicates.pairs_key`), in this object and in ``cache/near_duplicates.json``, so the
+        pages that show it on every rerun, other sessions and a restarted server read it instead of searching a
+        100,000-image project again. Any import or delete changes the digest, and the next call searches again.
         """
         with self.read() as conn:
-            fingerprint = tuple(conn.execute("SELECT COUNT(*), MAX(id), TOTAL(id) FROM images").fetchone())
-            key = (fingerprint, max_distance)
-            if key in self._near_duplicates:
-                return list(self._near_duplicates[key])
             rows = conn.execute("SELECT id, phash FROM images WHERE phash IS NOT NULL ORDER BY id").fetchall()
-        pairs = near_duplicate_pairs([row[0] for row in rows], [row[1] for row in rows], max_distance)
+        ids, hashes = [row[0] for row in rows], [row[1] for row in rows]
+        key = pairs_key(ids, hashes, max_distance)
         with self._lock:
-            self._near_duplicates = {key: pairs}
+            pairs = self._near_duplicates.get(key)
+        if pairs is None:
+            saved = self.path / NEAR_DUPLICATES_FILE
+            pairs = load_pairs(saved, key)
+            if pairs is None:
+                pairs = near_duplicate_pairs(ids, hashes, max_distance)
+                save_pairs(saved, key, pairs)
+            with self._lock:
+                self._near_duplicates = {key: pairs}
         return list(pairs)
 
     # -- import / export / runs / stats / fsck (implemented in their own modules) -----------------------------------
