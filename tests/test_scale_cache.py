@@ -96,3 +96,50 @@ def test_home_shows_the_new_count_after_an_import_by_another_process(project, mo
     at.run()
     assert any("2 near-duplicate pair(s)" in warning.value for warning in at.warning), \
         [warning.value for warning in at.warning]
+
+
+def test_nothing_written_means_not_even_the_digest_is_recomputed(project, monkeypatch):
+    project.import_files([*CAMERA_PAIR, COINS_PNG])
+    keys = []
+    real_key = project_module.pairs_key
+    monkeypatch.setattr(project_module, "pairs_key", lambda *args: keys.append(1) or real_key(*args))
+    pairs = project.near_duplicates()
+    assert project.near_duplicates() == pairs and len(keys) == 1
+    project.set_labels([pairs[0][0]], "a", create_missing_class=True)  # a write through this object
+    assert project.near_duplicates() == pairs and len(keys) == 2
+    with _reopen(project) as other:  # a write through another connection
+        other.set_labels([pairs[0][1]], "a")
+    assert project.near_duplicates() == pairs and len(keys) == 3
+    assert project.near_duplicates() == pairs and len(keys) == 3
+
+
+def test_source_names_of_some_images(project):
+    project.import_files([*CAMERA_PAIR, COINS_PNG])
+    everything = project.source_names()
+    some = sorted(everything)[:2]
+    assert project.source_names([*some, "f" * 64]) == {sha: everything[sha] for sha in some}
+    assert project.source_names([]) == {}
+
+
+def test_the_comparison_key_follows_the_run_files(tmp_path):
+    import os
+
+    from fsl_app.comparison import runs_key
+
+    folders = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        for file in ("config.json", "metrics.json", "predictions.json"):
+            (folder / file).write_text("{}")
+        folders.append({"run_dir": str(folder), "name": name})
+    key = runs_key(folders)
+    assert runs_key(folders) == key and runs_key(folders[::-1]) != key
+    metrics = tmp_path / "a" / "metrics.json"
+    metrics.write_text('{"accuracy": 1}')
+    assert runs_key(folders) != key
+    changed = runs_key(folders)
+    os.utime(metrics, ns=(0, 0))
+    assert runs_key(folders) != changed
+    assert runs_key([{"name": "in memory", "metrics": {"accuracy": 1}}]) != \
+        runs_key([{"name": "in memory", "metrics": {"accuracy": 0}}])
