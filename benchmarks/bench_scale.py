@@ -337,7 +337,7 @@ def report(sizes: list[int], results: dict, info: dict, generate_seconds: dict) 
         "has served every page (libraries imported; timm too) but not this project: first render of the page after "
         "landing on Home (Home's own first render opens the project and reads its near duplicates as `stats` saved "
         "them; after an import or delete it searches again, under a spinner; Compare's loads the run's model and "
-        "maps 2,000 of its images), then a rerun.\n\n"
+        "maps at most 2,000 of its images), then a rerun.\n\n"
         + _report.table(["page", *[f"{n:,} images" for n in sizes]], page_rows),
         f"Embedding map at {largest:,}: {embedding['points']} points; note shown: \"{embedding['note']}\"",
         "## Goals\n\n" + _report.table(["question", "goal", "measured", "verdict"],
