@@ -10,7 +10,8 @@ Steps, each in a fresh process (its peak RSS, ``resource.getrusage``, is the ste
 libraries it needs; "own" is the peak less the RSS just before the step):
 
 - ``import``: ``Project.import_imagefolder`` into a new project (decode, hash, signature, file copy, SQLite).
-- ``stats``: ``Project.stats()`` on a freshly opened project (counts, warnings, and the near-duplicate search).
+- ``stats``: ``Project.stats()`` on a freshly opened project (counts, warnings, and the near-duplicate search, whose
+  answer it saves in the project), then on the project opened again (the saved answer read, not searched).
 - ``near-duplicates``: ``near_duplicate_pairs`` over every stored signature (the multi-index hash); up to 10,000
   images also the former all-pairs comparison, interleaved (rounds alternate the order), and the same pairs asserted.
 - ``train``: the studio's training job (``linear``, protocol auto) on the labeled images, with timm's tiny random
@@ -19,12 +20,14 @@ libraries it needs; "own" is the peak less the RSS just before the step):
 - ``suggest``: ``suggest_for_project(top=24, max_images=2000)``, what the Data page runs (a sample of the pool).
 - ``embedding-map``: ``inspect_run.embedding_map`` (PCA), which shows at most 2,000 points with a note.
 - ``pages``: every studio page through Streamlit's AppTest with the project open (and its run): the first render
-  (project opened, near duplicates searched) and a rerun (what a click costs), seconds each.
+  (project opened, near duplicates read as ``stats`` saved them) and a rerun (what a click costs), seconds each.
 
 Time growth is the log-log slope of seconds against images between the smallest and the largest size (1: linear).
 
 Run alone: ``.venv/bin/python benchmarks/bench_scale.py [--quick] [--sizes 1000,10000,100000]``; ``--quick`` runs
-1,000 and 10,000 images (a few minutes), the default adds 100,000 (about half an hour on 2 busy cores).
+1,000 and 10,000 images (a few minutes), the default adds 100,000 (about half an hour on 2 busy cores). Profiling:
+``--keep-home PATH --steps train,pages`` keeps the workspace (a project already there is not imported again) and
+writes no report.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -106,6 +110,7 @@ def project_name(n: int) -> str:
 def run_step(step: str, n: int) -> dict:
     """Do ``step`` on the n-image project; returns seconds and whatever the step reports."""
     from fsl_app.store import create_project, open_project
+    from fsl_app.store.project import NEAR_DUPLICATES_FILE
 
     if step == "import":
         folder = os.environ["FSL_SCALE_FOLDER"]
@@ -115,9 +120,16 @@ def run_step(step: str, n: int) -> dict:
         return {"seconds": time.perf_counter() - started, "added": len(report.added)}
     project = open_project(project_name(n))
     if step == "stats":
+        (project.path / NEAR_DUPLICATES_FILE).unlink(missing_ok=True)  # measure the search, not a saved answer
         started = time.perf_counter()
         stats = project.stats()
-        return {"seconds": time.perf_counter() - started, "images": stats.n_images,
+        seconds = time.perf_counter() - started
+        with open_project(project_name(n)) as again:  # another session, or the server restarted
+            started = time.perf_counter()
+            same = again.stats()
+            reopened = time.perf_counter() - started
+        assert same.as_dict() == stats.as_dict(), "the saved near duplicates differ from the search's"
+        return {"seconds": seconds, "reopened_seconds": reopened, "images": stats.n_images,
                 "pairs": stats.identical_pairs + stats.near_duplicate_pairs}
     if step == "near-duplicates":
         return near_duplicate_step(project, n)
@@ -205,17 +217,25 @@ def embedding_step(project) -> dict:
 
 
 def pages_step(project) -> dict:
-    """Each page in a new session of a warm server (libraries imported by a visit without a project first): the
-    first render (the first page to need them opens the project and searches its near duplicates; Compare loads
-    the run's model) and a rerun."""
+    """Each page in a new session of a warm server (libraries imported by a visit of every page without a project
+    first, and timm, which a server has imported once it trained or described a backbone): the first render (the
+    first page to need them opens the project and reads its near duplicates, searched by the ``stats`` step;
+    Compare loads the run's model) and a rerun. What the project's size costs, not the server's start-up."""
     from streamlit.testing.v1 import AppTest
 
     import fsl_app.inspect_run  # noqa: F401 - what a running server has imported (torch, timm)
     import fsl_app.strategies  # noqa: F401
+    import timm  # noqa: F401 - imported lazily since the backbones module stopped importing it up front
 
     app = HERE.parent / "fsl_app" / "app.py"
-    warm = AppTest.from_file(str(app), default_timeout=600)
-    warm.run()
+    home = os.environ["FSL_APP_HOME"]
+    with tempfile.TemporaryDirectory() as empty:  # an empty workspace: the warm-up opens no project
+        os.environ["FSL_APP_HOME"] = empty
+        warm = AppTest.from_file(str(app), default_timeout=600)
+        warm.run()
+        for page in PAGES[1:]:
+            warm.switch_page(f"views/{page}.py").run()
+        os.environ["FSL_APP_HOME"] = home
     result = {}
     for page in PAGES:
         at = AppTest.from_file(str(app), default_timeout=600)
@@ -306,9 +326,18 @@ def report(sizes: list[int], results: dict, info: dict, generate_seconds: dict) 
         f"both ran (up to {EXHAUSTIVE_UP_TO:,} images; at 100k comparing every pair takes minutes). Speed-up: "
         "median of per-round ratios, rounds interleaved.\n\n"
         + _report.table(["images", "pairs", "index s", "all pairs s", "speed-up"], dup_rows),
-        "## Studio pages (AppTest): first render / rerun, seconds\n\nEach page in a new session of a warm server "
-        "(libraries imported): first render of the page after landing on Home (Home's own first render opens the "
-        "project and searches its near duplicates; Compare's loads the run's model), then a rerun.\n\n"
+        "## Near duplicates: searched once per set of images, then read\n\n`Project.stats()` searches and saves "
+        "its answer in the project (`cache/near_duplicates.json`, under a digest of every image id and signature); "
+        "the project opened again (another session, a restarted server) reads it; an import or delete searches "
+        "again.\n\n"
+        + _report.table(["images", "first stats s (search)", "stats after reopening s (read)"],
+                        [[f"{n:,}", f"{results[n]['stats']['seconds']:.2f}",
+                          f"{results[n]['stats']['reopened_seconds']:.2f}"] for n in sizes]),
+        "## Studio pages (AppTest): first render / rerun, seconds\n\nEach page in a new session of a server that "
+        "has served every page (libraries imported; timm too) but not this project: first render of the page after "
+        "landing on Home (Home's own first render opens the project and reads its near duplicates as `stats` saved "
+        "them; after an import or delete it searches again, under a spinner; Compare's loads the run's model and "
+        "maps at most 2,000 of its images), then a rerun.\n\n"
         + _report.table(["page", *[f"{n:,} images" for n in sizes]], page_rows),
         f"Embedding map at {largest:,}: {embedding['points']} points; note shown: \"{embedding['note']}\"",
         "## Goals\n\n" + _report.table(["question", "goal", "measured", "verdict"],
@@ -324,6 +353,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 and 10,000 images only")
     parser.add_argument("--sizes", default=None, help="comma-separated image counts")
+    parser.add_argument("--keep-home", type=Path, default=None,
+                        help="use this workspace folder and keep it (profiling: import the projects once); "
+                             "a project already there is not imported again")
+    parser.add_argument("--steps", default=None, help="comma-separated steps to run (no report unless all run)")
     parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -335,19 +368,23 @@ def main() -> None:
     info = _report.machine_info()
     import _datasets
 
-    home = _datasets.data_root() / f"scale-home-{os.getpid()}"
+    home = args.keep_home or _datasets.data_root() / f"scale-home-{os.getpid()}"
+    steps = args.steps.split(",") if args.steps else STEPS
     results, generate_seconds = {}, {}
     try:
         for n in sizes:
             started = time.perf_counter()
             folder = synthetic_folder(n)
             generate_seconds[n] = time.perf_counter() - started
-            results[n] = {step: measure(step, n, home, folder) for step in STEPS}
-        report(sizes, results, info, generate_seconds)  # before the clean-up: 100,000 files take minutes to delete
+            kept = args.keep_home and any((home / "projects").glob(f"{project_name(n)}*"))
+            results[n] = {step: measure(step, n, home, folder) for step in steps if not (kept and step == "import")}
+        if steps == STEPS and not args.keep_home:
+            report(sizes, results, info, generate_seconds)  # before the clean-up: 100,000 files take minutes
     finally:
-        import shutil
+        if not args.keep_home:
+            import shutil
 
-        shutil.rmtree(home, ignore_errors=True)
+            shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

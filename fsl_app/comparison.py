@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Collection, Iterable, Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ BOOTSTRAP_SAMPLES = 4000
 ALPHA = 0.05
 
 TrainsBackbone = Callable[[str], bool] | Collection[str]
+RUN_FILES = ("config.json", "metrics.json", "predictions.json", "metrics.jsonl")  # what read_run reads
 
 
 # --- one protocol for a set of strategies -----------------------------------------------------------------------------
@@ -578,6 +580,28 @@ def compare_runs(runs: Sequence[dict], *, seed: int = 0, alpha: float = ALPHA) -
         groups.append(GroupComparison(describe_group(ranked), ranked, pairs, recommendation,
                                       standings(ranked, from_best, recommendation)))
     return Comparison(groups, excluded, _overall_message(groups, len(runs) - len(excluded)))
+
+
+def runs_key(runs: Sequence[dict]) -> str:
+    """A cache key for :func:`compare_runs` of ``runs``, in order: per run, its folder and the size and modification
+    time of every file :func:`fsl_app.runs.read_run` reads (the same unchanged files make the same run dict); a run
+    without a readable folder is hashed whole. A stat per file instead of hashing every prediction of every run."""
+    parts = []
+    for run in runs:
+        folder = Path(run["run_dir"]) if run.get("run_dir") else None
+        if folder is not None and (folder / "config.json").is_file():
+            parts.append([str(folder), run.get("name"), [_file_state(folder / name) for name in RUN_FILES]])
+        else:
+            parts.append(hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest())
+    return _digest(parts)
+
+
+def _file_state(path: Path) -> list[int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def describe_group(runs: Sequence[dict]) -> str:

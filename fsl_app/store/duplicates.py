@@ -12,7 +12,9 @@ and a digest of the pixels at a canonical size (only equal digests are "identica
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -32,6 +34,7 @@ _CROWDED = 64  # rows sharing one block value beyond which they are compared as 
 _DENSE_CELLS = 1 << 22  # hash pairs compared at once in a dense block (32 MiB of uint64)
 _QUERY_ROWS = 16_384  # hashes looked up at once: bounds the memory of one lookup
 _BLOCKS = 4  # 16-bit blocks of the 64-bit perceptual hash, for the multi-index search
+_PAIRS_FORMAT = 1  # bump when near_duplicate_pairs answers differently for the same signatures
 
 
 def perceptual_hash(image: Image.Image) -> str:
@@ -117,6 +120,37 @@ def near_duplicate_pairs(ids: Sequence[int], hashes: Sequence[str],
     id_array = np.asarray(ids, dtype=np.int64)
     pairs = [_ordered(id_array[row], id_array[col], distance) for (row, col), distance in distances.items()]
     return sorted(pairs, key=lambda pair: (pair[2], pair[0], pair[1]))
+
+
+def pairs_key(ids: Sequence[int], hashes: Sequence[str], max_distance: int) -> str:
+    """A digest of every ``(id, signature)`` and of the search's settings: what :func:`near_duplicate_pairs` answers
+    depends on nothing else, so equal keys mean equal answers (ids are never reused; a signature never changes)."""
+    digest = hashlib.sha256(f"{_PAIRS_FORMAT}/{max_distance}/{MAX_COLOUR_DIFFERENCE}/{len(ids)}/".encode())
+    digest.update(np.asarray(ids, dtype=np.int64).tobytes())
+    digest.update("\n".join(str(value) for value in hashes).encode())
+    return digest.hexdigest()
+
+
+def load_pairs(path: Path, key: str) -> list[tuple[int, int, int]] | None:
+    """The pairs :func:`save_pairs` wrote under ``key``; None when the file is missing, unreadable or another key's."""
+    try:
+        saved = json.loads(Path(path).read_text())
+        if saved.get("key") != key:
+            return None
+        return [(int(a), int(b), int(distance)) for a, b, distance in saved["pairs"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_pairs(path: Path, key: str, pairs: Sequence[tuple[int, int, int]]) -> None:
+    """Write ``pairs`` under ``key`` atomically; a folder that cannot be written only costs the next search."""
+    from ..atomic import write_bytes_atomic
+
+    try:
+        write_bytes_atomic(path, json.dumps({"key": key, "pairs": [list(pair) for pair in pairs]},
+                                            separators=(",", ":")).encode(), durable=False)
+    except OSError:
+        pass
 
 
 def _alike_pairs(signatures: _Signatures, max_distance: int) -> dict[tuple[int, int], int]:

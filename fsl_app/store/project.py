@@ -19,7 +19,7 @@ from ..dataset import ImageRecord, ImageSet
 from . import _labels
 from ._db import connect, migrate, read_transaction, write_transaction
 from ._labels import UndoResult, chunks, now_iso
-from .duplicates import NEAR_DUPLICATE_MAX_DISTANCE, near_duplicate_pairs
+from .duplicates import NEAR_DUPLICATE_MAX_DISTANCE, load_pairs, near_duplicate_pairs, pairs_key, save_pairs
 from .errors import ClassExistsError, ImageNotFoundError, StoreError
 from .exporting import ExportReport, export_imagefolder_zip
 from .fsck import FsckReport, check_project
@@ -30,6 +30,7 @@ from .snapshots import RunInfo, RunSnapshot, list_runs, record_run, run_snapshot
 from .stats import ProjectStats, project_stats
 
 DB_FILE = "project.db"
+NEAR_DUPLICATES_FILE = "cache/near_duplicates.json"  # the last search's pairs, keyed by the signatures searched
 
 _IMAGE_COLUMNS = ("i.id, i.sha256, i.ext, c.name AS label, i.source_name, i.added_at, i.width, i.height, "
                   "i.size_bytes, i.phash")
@@ -78,7 +79,9 @@ class Project:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._conn_pid: int | None = None
-        self._near_duplicates: dict[tuple, list[tuple[int, int, int]]] = {}
+        self._connections = 0  # connections opened so far: a new one has its own data_version
+        self._writes = 0  # write transactions through this object (SQLite's data_version does not see them)
+        self._near_duplicates: tuple = (None, None, [])  # (change marker, key, pairs) of the last answer
         with self._lock:
             migrate(self._connection())
         self._recover_interrupted_deletes()
@@ -98,13 +101,23 @@ class Project:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._conn_pid != os.getpid():  # never reuse a connection across fork
             self._conn, self._conn_pid = connect(self.db_path), os.getpid()
+            self._connections += 1
         return self._conn
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``, retried while another process writes) under the lock."""
-        with self._lock, write_transaction(self._connection()) as conn:
-            yield conn
+        with self._lock:
+            try:
+                with write_transaction(self._connection()) as conn:
+                    yield conn
+            finally:
+                self._writes += 1
+
+    def _change_marker(self, conn: sqlite3.Connection) -> tuple[int, int, int]:
+        """Differs from the last call's whenever the database may have changed in between: a commit by any other
+        connection moves SQLite's ``data_version``, this object's own writes move its write count."""
+        return self._connections, self._writes, conn.execute("PRAGMA data_version").fetchone()[0]
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -268,10 +281,17 @@ class Project:
             params.append(name_key(class_name))
         return (f"WHERE {' AND '.join(conditions)}" if conditions else ""), params
 
-    def source_names(self) -> dict[str, str]:
-        """sha256 -> the file name each image was imported as (one light query, for labels on plots)."""
+    def source_names(self, sha256s: Iterable[str] | None = None) -> dict[str, str]:
+        """sha256 -> the file name each image was imported as, for labels on plots: of every image, or of those in
+        ``sha256s`` (unknown ones left out)."""
         with self.read() as conn:
-            return dict(conn.execute("SELECT sha256, source_name FROM images").fetchall())
+            if sha256s is None:
+                return dict(conn.execute("SELECT sha256, source_name FROM images").fetchall())
+            names = {}
+            for part in chunks(sorted(set(sha256s))):
+                names.update(conn.execute(f"SELECT sha256, source_name FROM images WHERE sha256 IN "
+                                          f"({','.join('?' * len(part))})", part).fetchall())
+            return names
 
     def sides_fingerprint(self) -> str:
         """Changes whenever an image is added, deleted, labeled or unlabeled (ids are never reused): counts and id
@@ -376,18 +396,29 @@ class Project:
     def near_duplicates(self, max_distance: int = NEAR_DUPLICATE_MAX_DISTANCE) -> list[tuple[int, int, int]]:
         """Pairs ``(image_id_a, image_id_b, phash hamming distance)`` with distance <= ``max_distance``.
 
-        Remembered per set of images (count, largest id and id total: ids are never reused), so the pages that show
-        them on every rerun search a 100,000-image project once, not every time.
+        The search runs once per set of stored signatures: its answer is kept, under a digest of every image id and
+        signature (:func:`~.duplicates.pairs_key`), in this object and in ``cache/near_duplicates.json``, so the
+        pages that show it on every rerun, other sessions and a restarted server read it instead of searching a
+        100,000-image project again. Any import or delete changes the digest, and the next call searches again;
+        while nothing at all is written to the database (:meth:`_change_marker`), not even the digest is computed.
         """
         with self.read() as conn:
-            fingerprint = tuple(conn.execute("SELECT COUNT(*), MAX(id), TOTAL(id) FROM images").fetchone())
-            key = (fingerprint, max_distance)
-            if key in self._near_duplicates:
-                return list(self._near_duplicates[key])
+            marker = (*self._change_marker(conn), max_distance)  # before the rows: a later commit moves it
+            if self._near_duplicates[0] == marker:  # nothing written since the last answer
+                return list(self._near_duplicates[2])
             rows = conn.execute("SELECT id, phash FROM images WHERE phash IS NOT NULL ORDER BY id").fetchall()
-        pairs = near_duplicate_pairs([row[0] for row in rows], [row[1] for row in rows], max_distance)
+        ids, hashes = [row[0] for row in rows], [row[1] for row in rows]
+        key = pairs_key(ids, hashes, max_distance)
         with self._lock:
-            self._near_duplicates = {key: pairs}
+            pairs = self._near_duplicates[2] if self._near_duplicates[1] == key else None
+        if pairs is None:
+            saved = self.path / NEAR_DUPLICATES_FILE
+            pairs = load_pairs(saved, key)
+            if pairs is None:
+                pairs = near_duplicate_pairs(ids, hashes, max_distance)
+                save_pairs(saved, key, pairs)
+        with self._lock:
+            self._near_duplicates = (marker, key, pairs)
         return list(pairs)
 
     # -- import / export / runs / stats / fsck (implemented in their own modules) -----------------------------------

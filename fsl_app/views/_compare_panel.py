@@ -15,13 +15,15 @@ GALLERY_SIZE = 6
 
 
 @st.cache_data(show_spinner="Comparing the runs image by image…", max_entries=8)
-def compare(runs: list[dict]) -> comparison.Comparison:
-    return comparison.compare_runs(runs)
+def compare(key: str, _runs: list[dict]) -> comparison.Comparison:
+    """Cached by ``key`` (:func:`~fsl_app.comparison.runs_key`), not by the runs: hashing every prediction of a
+    100,000-image project's runs cost a second on every rerun."""
+    return comparison.compare_runs(_runs)
 
 
 def comparison_section(runs: list[dict], names: dict[str, str]) -> None:
     """One block per group of comparable runs; runs from different groups are never ranked together."""
-    result = compare(runs)
+    result = compare(comparison.runs_key(runs), runs)
     st.subheader("Which strategy wins here?")
     st.caption(result.message)
     for number, group in enumerate(result.groups, 1):

@@ -9,9 +9,8 @@ INPUT_SIZES = (None, 224, 192, 160, 128, 96, 64)  # None: the student backbone's
 
 
 def project_classes(project) -> tuple[list[str], int]:
-    """(labeled classes, unlabeled image count) of the project."""
-    images = project.image_set()
-    return images.labeled().classes, len(images.unlabeled())
+    """(labeled classes, sorted; unlabeled image count) of the project, from two aggregate queries."""
+    return sorted(name for name, count in project.class_counts().items() if count), project.count_images(labeled=False)
 
 
 def student_backbone() -> str:

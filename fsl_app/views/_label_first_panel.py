@@ -68,7 +68,7 @@ def show_picks(project) -> None:
 def label_first_section(project) -> None:
     st.subheader("What to label first")
     counts = project.class_counts()
-    n_pool = len(project.images(labeled=False))
+    n_pool = project.count_images(labeled=False)
     problem = label_first.first_problem(n_pool, counts, "auto")
     if problem:
         st.info(problem, icon=":material/info:")

@@ -20,10 +20,11 @@ def embedding_points(run_dir: str, method: str, _names: dict) -> inspect_run.Emb
     return inspect_run.embedding_map(_shared.fitted_strategy(run_dir), read_run(run_dir), method, names=_names)
 
 
-@st.cache_resource(max_entries=4, show_spinner=False)
-def source_names(project_path: str, images_fingerprint: str, _project) -> dict:
-    """sha256 -> imported file name of every image, read again only when images are added or deleted."""
-    return _project.source_names()
+def source_names(project, runs: list[dict]) -> dict:
+    """sha256 -> imported file name of the images the runs used (all the page labels), not of every image."""
+    shas = {image.get("sha256") for run in runs for image in (run["config"].get("data") or {}).get("images") or []}
+    shas |= {row["sha256"] for run in runs for row in run.get("predictions") or []}
+    return project.source_names(shas - {None})
 
 
 def runs_table(runs: list[dict]) -> None:
@@ -126,8 +127,9 @@ def embedding_section(runs: list[dict], names: dict) -> None:
     except Exception as error:  # noqa: BLE001 - a backbone missing here, an unreadable image
         _shared.show_error(error, prefix="No embedding map: ")
         return
-    if points.note:
+    if points.note:  # a sampled map says so, and is still drawn
         st.info(points.note)
+    if not points.points:
         return
     title = f"{run_tables.run_label(run)} · {projection.METHOD_LABELS[method]}"
     event = st.plotly_chart(_charts.embedding_scatter(points.points, title), key="embedding-map",
@@ -152,7 +154,7 @@ if not runs:
     st.info("No finished run yet. Train one first.")
     _nav.link(_nav.TRAIN, "Go to Train")
     st.stop()
-names = source_names(str(project.path), project.sides_fingerprint(), project)  # run folders know content paths only
+names = source_names(project, runs)  # run folders know content paths only
 runs_table(runs)
 _compare_panel.comparison_section(runs, names)
 if any((run["metrics"] or {}).get("pool_size") for run in runs):  # runs that learned from the pool: is it shifted?

@@ -38,7 +38,9 @@ def create_card() -> None:
 
 
 def overview(project) -> None:
-    stats = project.stats()
+    with st.spinner("Reading the project: after an import or a delete its near duplicates are searched again "
+                    "(seconds for 100,000 images)…"):
+        stats = project.stats()
     runs = run_tables.project_runs(project.path)
     best = run_tables.best_run(runs)
     st.subheader(f"Project: {project.name}")
