@@ -46,8 +46,9 @@ def write_bundle(exportable: Exportable, out: Path, *, quantize: str | None = No
                    "requirements.txt": _requirements(), **{name: bundle_script(name) for name in BUNDLE_SCRIPTS}}
         archive_path = Path(temp) / "bundle.zip"
         with zipfile.ZipFile(archive_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for name in BUNDLE_FILES:
-                archive.writestr(name, members[name])
+            for name in BUNDLE_FILES:  # weights barely deflate (8 %): stored, they load without inflating
+                archive.writestr(name, members[name], compress_type=zipfile.ZIP_STORED if name in
+                                 ("model.onnx", "model.safetensors") else None)
         os.replace(archive_path, out)
     return out
 

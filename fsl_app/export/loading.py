@@ -22,9 +22,8 @@ import numpy as np
 from ..images import ImageError, load_for_model
 from ..preprocess import eval_geometry, normalize_batch, working_side
 from .formats import UNKNOWN_LABEL, ModelFileError
-from .metadata import (check_archive_intact, check_bundle_archive, check_checksum, check_export_info,
-                       check_model_answers, first_line, info_from_onnx_metadata, read_bundle_bytes, read_bundle_json,
-                       recorded_checksums)
+from .metadata import (check_archive_intact, check_checksum, check_export_info, check_model_answers, first_line,
+                       info_from_onnx_metadata, parse_json_bytes, read_bundle_members, recorded_checksums)
 from .threshold import is_unknown
 
 MAX_RUN_ZIP_BYTES = 4 * 2**30  # uncompressed size of a run zip this command unpacks
@@ -113,14 +112,12 @@ class OnnxRuntimePredictor:
 
 def open_onnx_bundle(bundle: Path) -> OnnxRuntimePredictor:
     """The ``model.onnx`` of a bundle .zip or folder, after the checks every bundle loader makes."""
-    if bundle.is_file():
-        check_bundle_archive(bundle)
-    info = check_export_info(read_bundle_json(bundle, "config.json"), bundle)
+    members = read_bundle_members(bundle, ("config.json", "model.onnx", "model.safetensors"))
+    info = check_export_info(parse_json_bytes(members["config.json"]), bundle)
     checksums = recorded_checksums(bundle, info)
-    model = read_bundle_bytes(bundle, "model.onnx")
-    check_checksum(bundle, "model.onnx", model, checksums)
-    check_checksum(bundle, "model.safetensors", read_bundle_bytes(bundle, "model.safetensors"), checksums)
-    return OnnxRuntimePredictor(model, bundle, info)
+    check_checksum(bundle, "model.onnx", members["model.onnx"], checksums)
+    check_checksum(bundle, "model.safetensors", members["model.safetensors"], checksums)
+    return OnnxRuntimePredictor(members["model.onnx"], bundle, info)
 
 
 def run_zip_folder(path: Path) -> str | None:

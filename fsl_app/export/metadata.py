@@ -120,16 +120,30 @@ def check_archive_intact(path: Path, export_format: str) -> None:
 
     Reads every member once (CRC-32 runs at disk speed), before any member is trusted.
     """
+    read_intact_members(path, (), export_format)
+
+
+def read_intact_members(path: Path, names, export_format: str) -> dict[str, bytes]:
+    """Read every member of the zip at ``path`` once (so each one's CRC-32 is checked, as
+    :func:`check_archive_intact` does) and return those in ``names`` that it holds; ModelFileError if any fails."""
+    wanted, kept, damaged = set(names), {}, ""
     try:
         with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
+            for member in archive.infolist():
+                damaged = member.filename
+                data = archive.read(member)
+                if member.filename in wanted:
+                    kept[member.filename] = data
     except (zipfile.BadZipFile, zlib.error, EOFError) as error:
-        damaged = first_line(error)
-    if damaged is not None:
-        raise ModelFileError(f"{path} is damaged: {damaged} fails the zip's CRC-32 check, so the file changed after "
-                             "it was written (a broken copy, disk or download). To get a good one, download it again "
-                             "or copy it from the original, or re-export the run with `fsl-app export RUN_DIR "
-                             f"--format {export_format}`.")
+        raise _damaged_archive(path, damaged if "CRC" in str(error) else first_line(error), export_format) from None
+    return kept
+
+
+def _damaged_archive(path: Path, damaged: str, export_format: str) -> ModelFileError:
+    return ModelFileError(f"{path} is damaged: {damaged} fails the zip's CRC-32 check, so the file changed after "
+                          "it was written (a broken copy, disk or download). To get a good one, download it again "
+                          "or copy it from the original, or re-export the run with `fsl-app export RUN_DIR "
+                          f"--format {export_format}`.")
 
 
 # --- bundle files and checksums ---------------------------------------------------------------------------------------
@@ -165,10 +179,29 @@ def _not_a_bundle_zip(bundle: Path) -> ModelFileError:
 
 def read_bundle_json(bundle: Path, name: str) -> dict | None:
     """A JSON member of a bundle; None when it is not UTF-8 JSON."""
+    return parse_json_bytes(read_bundle_bytes(bundle, name))
+
+
+def parse_json_bytes(data: bytes) -> dict | None:
+    """UTF-8 JSON, or None when it is not."""
     try:
-        return json.loads(read_bundle_bytes(bundle, name).decode("utf-8"))
+        return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
+
+
+def read_bundle_members(bundle: Path, names) -> dict[str, bytes]:
+    """The members ``names`` of a bundle .zip (every member read once: each CRC-32 checked) or bundle folder."""
+    if bundle.is_dir():
+        return {name: read_bundle_bytes(bundle, name) for name in names}
+    if not zipfile.is_zipfile(bundle):
+        raise _not_a_bundle_zip(bundle)
+    members = read_intact_members(bundle, names, "bundle")
+    for name in names:
+        if name not in members:
+            raise ModelFileError(f"{bundle} lacks {name}: it was not exported by fsl-app or is incomplete. "
+                                 "Re-export it with `fsl-app export RUN_DIR --format bundle`.")
+    return members
 
 
 def recorded_checksums(bundle: Path, info: dict) -> dict[str, str]:

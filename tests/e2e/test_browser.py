@@ -341,7 +341,7 @@ def test_create_upload_train_compare_and_download(browser_page, server, tmp_path
     evaluate_all = page.get_by_role("button", name=re.compile(r"Evaluate \d+ strategies"))
     n_strategies = int(re.search(r"\d+", evaluate_all.inner_text()).group())
     evaluate_all.click()
-    page.get_by_text(f"Queued {n_strategies} runs, all with stratified k-fold and seed 0").wait_for()
+    page.get_by_text(f"Queued {n_strategies} runs, all with stratified k-fold and seed 0").wait_for(timeout=180_000)
     wait_idle(page)
 
     wait_for_stored_runs(page, server.home, 1 + n_strategies)
