@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from browser_setup import CHROMIUM
-from test_browser import CHROMIUM_ARGS, ROOT, VIEWPORT, free_port, open_page, sample_files, wait_idle
+from browser_setup import CHROMIUM, ROOT, running_studio
+from test_browser import CHROMIUM_ARGS, VIEWPORT, open_page, sample_files, wait_idle
 
 TRAIN_TIMEOUT_MS = 600_000
 
@@ -115,26 +114,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fsl_docs_") as temp:
         folder = Path(temp)
-        port = free_port()
         env = {key: value for key, value in os.environ.items() if key != "FSL_APP_TEST_BACKBONES"}
         env.update(FSL_APP_HOME=str(folder / "home"), HF_HUB_OFFLINE="1")
-        command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
-                   "--server.address=127.0.0.1", "--browser.gatherUsageStats=false", f"--server.port={port}"]
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            import time
-            import urllib.request
-
-            for _ in range(180):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.5)
-            make_screenshots(f"http://127.0.0.1:{port}", args.out, folder)
-        finally:
-            process.terminate()
-            process.wait(30)
+        with running_studio(folder, env) as url:
+            make_screenshots(url, args.out, folder)
     return 0
 
 

@@ -14,11 +14,9 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,16 +26,14 @@ import pytest
 from fsl_app import sample_data
 from fsl_app.intervals import format_accuracy
 
-from browser_setup import chromium  # noqa: F401  (the fixture)
+from browser_setup import ROOT, chromium, running_studio  # noqa: F401  (chromium: the fixture)
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 DOCS = ROOT / "docs"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-STARTUP_TIMEOUT_S = 90
 TRAIN_TIMEOUT_MS = 120_000
 ALL_STRATEGIES_TIMEOUT_S = 300  # fine-tuning once per fold and a final fit, then the frozen strategies
 PREDICT_TIMEOUT_S = 180
@@ -53,56 +49,14 @@ class Studio:
     home: Path  # the server's FSL_APP_HOME: the project store the pages write to
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_health(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"streamlit did not answer within {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, chromium) -> Studio:
     """The studio on a free port, with its own project store, stopped (this process only) afterwards."""
     folder = tmp_path_factory.mktemp("e2e")
-    port = free_port()
     env = {**os.environ, "FSL_APP_HOME": str(folder / "home"), "FSL_APP_TEST_BACKBONES": "1",
            "HF_HUB_OFFLINE": "1", "FSL_APP_CACHE": os.environ.get("FSL_APP_CACHE", str(folder / "cache"))}
-    log = folder / "streamlit.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
-             "--server.address=127.0.0.1", "--browser.gatherUsageStats=false", f"--server.port={port}",
-             "--server.fileWatcherType=none"],
-            cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process, log)
+    with running_studio(folder, env) as url:
         yield Studio(url, folder / "home")
-    finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """End a studio server: terminate, then kill if it does not exit within 15 s."""
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import uuid
 
 import pytest
-from browser_setup import chromium  # noqa: F401  (the fixture)
-from test_browser import CHROMIUM_ARGS, ROOT, VIEWPORT, free_port, stop, wait_for_health
+from browser_setup import chromium, running_studio  # noqa: F401  (chromium: the fixture)
+from test_browser import CHROMIUM_ARGS, VIEWPORT
 
 from fsl_app import jobs, sample_data, training_job
 from fsl_app.store import create_project, open_project
@@ -47,21 +45,9 @@ def trained_project() -> str:
 def studio(tmp_path_factory, chromium, trained_project) -> str:
     """The studio on a free port, on this process's project store; stopped (this process only) afterwards."""
     folder = tmp_path_factory.mktemp("e2e-camera")
-    port = free_port()
     env = {**os.environ, "FSL_APP_TEST_BACKBONES": "1", "HF_HUB_OFFLINE": "1"}  # FSL_APP_HOME: conftest's store
-    log = folder / "streamlit.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
-             "--server.address=127.0.0.1", "--browser.gatherUsageStats=false", f"--server.port={port}",
-             "--server.fileWatcherType=none"],
-            cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process, log)
+    with running_studio(folder, env) as url:
         yield url
-    finally:
-        stop(process)
 
 
 def wait_idle(page) -> None:

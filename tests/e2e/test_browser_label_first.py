@@ -9,12 +9,10 @@ spends its time on the two panels. Every change is checked in the project store 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
-from browser_setup import chromium  # noqa: F401  (the fixture)
-from test_browser import CHROMIUM_ARGS, ROOT, VIEWPORT, free_port, open_page, stop, wait_for_health, wait_idle
+from browser_setup import chromium, running_studio  # noqa: F401  (chromium: the fixture)
+from test_browser import CHROMIUM_ARGS, VIEWPORT, open_page, wait_idle
 
 from fsl_app import jobs, sample_data, training_job
 from fsl_app.backbones import DEFAULT_BACKBONE
@@ -51,21 +49,10 @@ def studio(tmp_path_factory, chromium):
     folder = tmp_path_factory.mktemp("e2e-first")
     home = folder / "home"
     wrong = make_project(home)
-    port = free_port()
     env = {**os.environ, "FSL_APP_HOME": str(home), "HF_HUB_OFFLINE": "1",
            "FSL_APP_CACHE": os.environ.get("FSL_APP_CACHE", str(folder / "cache"))}
-    log = folder / "streamlit.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
-             "--server.address=127.0.0.1", "--browser.gatherUsageStats=false", f"--server.port={port}",
-             "--server.fileWatcherType=none"], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process, log)
+    with running_studio(folder, env) as url:
         yield url, home, wrong
-    finally:
-        stop(process)
 
 
 def test_review_a_wrong_label_then_label_what_to_label_first(studio, chromium):

@@ -5,11 +5,10 @@ password, and opens the Home page for the right one, with Streamlit's XSRF cooki
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
-from browser_setup import chromium  # noqa: F401  (the fixture)
-from test_browser import CHROMIUM_ARGS, ROOT, VIEWPORT, free_port, stop, wait_for_health
+from browser_setup import chromium, free_port, running_studio  # noqa: F401  (chromium: the fixture)
+from test_browser import CHROMIUM_ARGS, VIEWPORT
 
 from fsl_app import auth
 from fsl_app.cli import ui as ui_launch
@@ -32,16 +31,8 @@ def protected_server(tmp_path_factory, chromium):
     port = free_port()
     invocation = ui_launch.ui_invocation(port=port, address="127.0.0.1", password_file=password_file, env=env)
     assert invocation.launch.auth and SECRET not in " ".join(invocation.command)
-    log = folder / "streamlit.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(invocation.command, cwd=ROOT, env=invocation.launch.env, stdout=output,
-                                   stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process, log)
+    with running_studio(folder, invocation.launch.env, port=port, command=invocation.command) as url:
         yield url
-    finally:
-        stop(process)
 
 
 def test_log_in_then_see_the_home_page(protected_server, chromium):
