@@ -22,6 +22,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 MAX_PIXELS = 64_000_000  # 8000 x 8000: above this a file is refused, not silently downscaled
 MAX_BYTES = 100 * 1024 * 1024
+REDUCE_FILTER = Image.Resampling.BILINEAR  # reduce_to's filter (antialiased); bundle_io.reduce_to uses the same
 _READ_CHUNK = 1024 * 1024
 # O_NONBLOCK: a FIFO swapped in after the type check opens at once instead of waiting for a writer
 _SAFE_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
@@ -146,7 +147,7 @@ def reduce_to(image: Image.Image, side: int) -> Image.Image:
         return image
     other = int(round(long * side / short))
     size = (side, other) if image.width <= image.height else (other, side)
-    return image.resize(size, Image.Resampling.BILINEAR)
+    return image.resize(size, REDUCE_FILTER)
 
 
 def read_image_file(path: str | Path, *, max_bytes: int | None = None) -> bytes:
