@@ -7,7 +7,8 @@ ratios are taken within a round):
    inference (goal <= 1.5x); ``predict BUNDLE.zip IMG`` and ``predict RUN_DIR IMG`` beside them.
 2. ``fsl-app train DIR --strategy linear`` on a warm feature cache versus its own ``train_seconds`` (goal: wall time
    <= 2 x train_seconds + 1 s), beside the floor any such process pays (a bare ``python -c "import torch,
-   sklearn.linear_model"``) and ``--json`` (which adds the learning-curve forecast).
+   sklearn.linear_model"``), ``--json`` (which adds the learning-curve forecast), and the same command run inside a
+   process that has already imported torch and scikit-learn (what a studio training job pays: the server has them).
 3. The same commands run with the code of another checkout (``--before PATH``, default: none), each with its own
    warm cache, to show the change in the same run.
 
@@ -33,6 +34,15 @@ import _report
 
 REPO = Path(__file__).resolve().parent.parent
 FLOOR = "floor: python -c 'import torch, sklearn.linear_model'"
+WARM = "the same train inside a process with torch + sklearn imported (the studio's case)"
+WARM_SCRIPT = '''
+import json, sys, time
+import sklearn.linear_model, torch  # noqa: F401 - imported before the clock starts, as in a running studio
+from fsl_app.cli import main
+start = time.perf_counter()
+main(sys.argv[1:])
+print("WALL", time.perf_counter() - start)
+'''
 BARE_SCRIPT = '''
 import json, math, sys
 import numpy as np, onnxruntime as ort
@@ -102,6 +112,16 @@ class Setup:
         metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
         return seconds, metrics["train_seconds"], metrics.get("ood_seconds", 0.0)
 
+    def train_warm(self) -> tuple[float, float, float]:
+        """:meth:`train` timed inside a process that imported torch and scikit-learn before the clock started."""
+        self.runs += 1
+        out = self.work / f"again-{self.runs}"
+        _, stdout = timed([sys.executable, "-c", WARM_SCRIPT, "train", str(self.data), "--strategy", "linear",
+                           "--out", str(out)], self.env, self.work)
+        wall = float([line for line in stdout.splitlines() if line.startswith("WALL ")][-1].split()[1])
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        return wall, metrics["train_seconds"], metrics.get("ood_seconds", 0.0)
+
     def predict(self, model: str, image: Path) -> float:
         return timed(self.cli + ["predict", str(self.work / model), str(image), "--json"], self.env, self.work)[0]
 
@@ -118,6 +138,7 @@ def measure(setups: list[Setup], image: Path, rounds: int, bare_path: Path) -> d
         candidates[f"{prefix}fsl-app predict RUN_DIR IMG"] = lambda s=setup: s.predict("run", image)
         candidates[f"{prefix}fsl-app train (linear, warm cache)"] = lambda s=setup: s.train()
         candidates[f"{prefix}fsl-app train --json (adds the forecast)"] = lambda s=setup: s.train("--json")
+    candidates[WARM] = setups[0].train_warm
     candidates[FLOOR] = lambda: timed([sys.executable, "-c", "import torch, sklearn.linear_model"], setups[0].env,
                                       setups[0].work)[0]
     names = list(candidates)
@@ -162,6 +183,23 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
+def _warm_goal(results: dict[str, list]) -> list[str]:
+    warm = results[WARM]
+    wall, own = _report.median([w for w, _, _ in warm]), _report.median([o for _, o, _ in warm])
+    verdict = "met" if _report.median([w - (2 * o + 1) for w, o, _ in warm]) <= 0 else "not met"
+    return ["(not the issue's goal) the same run in a process with torch + sklearn imported <= 2 x train_seconds + 1 s",
+            f"{wall:.2f} s vs 2 x {own:.2f} + 1 = {2 * own + 1:.2f} s (median)", verdict]
+
+
+def _warm_text(results: dict[str, list]) -> str:
+    warm = results[WARM]
+    budgets = [wall - (2 * own + 1) for wall, own, _ in warm]
+    return (f" Inside a process that has torch and scikit-learn imported (the studio's training jobs), the same run "
+            f"takes {_report.median([w for w, _, _ in warm]):.2f} s (median) for "
+            f"{_report.median([o for _, o, _ in warm]):.2f} s of train_seconds: wall - (2 x train_seconds + 1 s) "
+            + ", ".join(f"{b:+.2f} s" for b in budgets) + " per round.")
+
+
 def report(results: dict[str, list], rounds: int, before: str | None) -> tuple[str, list]:
     bare = results["bare onnxruntime script"]
     rows = []
@@ -187,13 +225,14 @@ def report(results: dict[str, list], rounds: int, before: str | None) -> tuple[s
             + ", ".join(f"{b:+.2f} s" for b in budgets) + f". Its out-of-distribution model (fitted after the "
               f"strategy, saved with the run) takes {ood:.2f} s more (median `ood_seconds`); what remains beyond the "
               f"floor (importing torch and scikit-learn), train_seconds and ood_seconds is {overhead:.2f} s "
-              "(median over rounds).")
+              "(median over rounds)." + _warm_text(results))
     goals = [["`fsl-app predict model.onnx IMG` <= 1.5x a bare onnxruntime script", f"{onnx_ratio:.2f}x",
               "met" if onnx_ratio <= 1.5 else "not met"],
              ["`fsl-app train` (linear, warm cache) wall <= 2 x train_seconds + 1 s",
               f"{wall:.2f} s vs 2 x {own:.2f} + 1 = {2 * own + 1:.2f} s (median)",
               "met" if _report.median(budgets) <= 0 else
-              f"not met: importing torch + scikit-learn alone takes {_report.median(results[FLOOR]):.2f} s"]]
+              f"not met: importing torch + scikit-learn alone takes {_report.median(results[FLOOR]):.2f} s"],
+             _warm_goal(results)]
     return text, goals
 
 
