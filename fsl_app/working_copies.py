@@ -60,6 +60,11 @@ def load_working(path: str | Path, sha256: str, side: int, *, copies: bool = Tru
     return image
 
 
+def read_working_copy(sha256: str, side: int = IMPORT_SIDE) -> Image.Image | None:
+    """The working copy of the image ``sha256`` at ``side`` if one was made (None otherwise, or when damaged)."""
+    return _read_copy(working_copy_path(sha256, side))
+
+
 def make_working_copy(data: bytes, name: str, sha256: str, side: int = IMPORT_SIDE) -> bool:
     """Make the working copy of an image being imported if it is large enough to need one; True if one exists
     afterwards. Never raises for a cache problem (the import does not depend on it)."""

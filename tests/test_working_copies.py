@@ -127,3 +127,21 @@ def test_import_makes_the_copy_of_a_large_photo_only(photo, cache, tmp_path, mon
     large = next(r for r in images.records if working_copies.working_copy_path(r.sha256, SIDE).is_file())
     assert np.array_equal(pixels(images.load(images.records.index(large), side=SIDE)),
                           pixels(decode_for_model(large.path.read_bytes(), "large.jpg", SIDE)))
+
+
+def test_a_photos_thumbnail_is_made_from_its_working_copy(photo, cache, tmp_path, monkeypatch):
+    from fsl_app.store import create_project
+
+    monkeypatch.setenv("FSL_APP_HOME", str(tmp_path / "home"))
+    with create_project("thumbs") as project:
+        report = project.import_files([("large.jpg", _jpeg(photo))])
+        image = project.images()[0]
+        image.path.unlink()  # only the working copy is left to read
+        with Image.open(project.thumbnail_path(report.added_ids[0])) as thumbnail:
+            assert max(thumbnail.size) == 160
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()

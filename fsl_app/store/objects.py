@@ -17,6 +17,7 @@ from typing import Iterator
 
 from ..atomic import TEMP_PREFIX, fsync_path, write_bytes_atomic
 from ..images import load_image, sha256_file, thumbnail
+from ..working_copies import IMPORT_SIDE, read_working_copy
 
 THUMBNAIL_SIZE = 160
 
@@ -108,7 +109,10 @@ class ObjectStore:
         """JPEG thumbnail of an object, created on first use and cached under ``thumbs/``."""
         target = self.thumbs_dir / sha256[:2] / f"{sha256}-{size}.jpg"
         if not target.is_file():
-            small = thumbnail(load_image(self.path(sha256, ext), draft=(2 * size, 2 * size)), size)
+            source = read_working_copy(sha256) if 2 * size <= IMPORT_SIDE else None  # a photo: skip its decode
+            if source is None:
+                source = load_image(self.path(sha256, ext), draft=(2 * size, 2 * size))
+            small = thumbnail(source, size)
             buffer = io.BytesIO()
             small.save(buffer, format="JPEG", quality=85)
             write_bytes_atomic(target, buffer.getvalue(), durable=False)
