@@ -2,7 +2,8 @@
 
 Register with :func:`add_store_commands` on the main parser's subparsers; every command sets ``handler`` (and
 ``func``), called as ``args.handler(args)`` and returning the exit code. User mistakes print
-``error: <message>`` on stderr and return 1; no traceback.
+``error: <message>`` on stderr and return 1; no traceback. This module holds the parsers only: the handlers are in
+:mod:`fsl_app.cli.store_actions`, imported when one of these commands runs.
 """
 
 from __future__ import annotations
