@@ -14,6 +14,7 @@ from ..backbones import Backbone
 from ..dataset import ImageSet
 from ..features import pick_device
 from ..preprocess import working_side
+from ._meta_learning import split_in_half
 from ._training import AugmentedImages, freeze_batchnorm
 from .base import OnStep, StepLog, check_interrupt
 
@@ -70,13 +71,7 @@ def episodic_finetune(backbone: Backbone, support: ImageSet, *, episodes: int, l
 
 def _sample_episode(y: np.ndarray, n_way: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
     classes = rng.choice(np.unique(y), size=min(n_way, len(np.unique(y))), replace=False)
-    shots, queries = [], []
-    for label in classes:
-        members = rng.permutation(np.flatnonzero(y == label))
-        half = max(1, len(members) // 2)
-        shots.extend(members[:half].tolist())
-        queries.extend(members[half:].tolist())
-    return shots, queries
+    return split_in_half(y, classes, rng)
 
 
 def _negative_distance(x: torch.Tensor, prototypes: torch.Tensor, distance: str) -> torch.Tensor:

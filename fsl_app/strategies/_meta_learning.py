@@ -36,13 +36,19 @@ def sample_split_episode(y: np.ndarray, n_way: int, rng: np.random.Generator) ->
     """Indices (shots, queries) of one episode: up to ``n_way`` classes with >= 2 images, each split in half."""
     eligible = meta_trainable_classes(y)
     classes = rng.choice(eligible, size=min(n_way, len(eligible)), replace=False)
+    shots, queries = split_in_half(y, classes, rng)
+    return np.array(shots), np.array(queries)
+
+
+def split_in_half(y: np.ndarray, classes, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """(shots, queries): the images of each of ``classes`` shuffled and split in half (at least one shot)."""
     shots, queries = [], []
     for label in classes:
         members = rng.permutation(np.flatnonzero(y == label))
         half = max(1, len(members) // 2)
         shots.extend(members[:half].tolist())
         queries.extend(members[half:].tolist())
-    return np.array(shots), np.array(queries)
+    return shots, queries
 
 
 def relabel(y: np.ndarray) -> tuple[torch.Tensor, int]:
